@@ -1,0 +1,1 @@
+"""Who may log in: operator-issued tokens and the user sources giving SIP credentials."""

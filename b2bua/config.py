@@ -1,0 +1,141 @@
+"""Configuration: dataclasses with the defaults, loaded from ``etc/mpb2bua.yaml``.
+
+Unknown keys and wrong types are errors (a typo must not silently fall back to a
+default); every section and key is documented in the shipped YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or has a wrong key or value."""
+
+
+@dataclass
+class WebSocketConfig:
+    listen: str = "tcp:8080"  # twisted endpoint description
+    tls_listen: str | None = None  # e.g. "ssl:8443:privateKey=key.pem:certKey=cert.pem"
+    path: str = "/ws"
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    max_message_size: int = 65536
+    max_sessions: int = 20000
+    login_attempts_per_minute: int = 20  # per client IP address
+    grace_period: float = 30.0
+    auto_ping_interval: float = 25.0
+    login_timeout: float = 40.0  # overall bound on a login's first REGISTER
+
+
+@dataclass
+class AuthConfig:
+    allow_password: bool = True
+    allow_ha1: bool = True
+    token_secret: str | None = None  # token mode on when set
+    token_max_ttl: int = 3600
+    users_source: str = "yaml"  # yaml | freeswitch | none
+    users_path: str = "etc/users.yaml"
+
+
+@dataclass
+class SipConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5070
+    transports: list[str] = field(default_factory=lambda: ["udp", "tcp"])
+    pbx: str = "127.0.0.1:5060"  # where every request goes (registrar and outbound proxy)
+    pbx_transport: str = "udp"
+    domain: str | None = None  # AOR domain; the PBX host when unset
+    registrar_uri: str | None = None  # Request-URI of REGISTER; sip:<pbx> when unset
+    pbx_addresses: list[str] = field(default_factory=list)  # more source addresses allowed to send requests
+    register_expires: int = 600
+    options_keepalive: float = 0.0  # seconds between OPTIONS to the PBX; 0 = off
+    public_host: str | None = None  # Via/Contact host when the node is seen under another address
+    user_agent: str = "mpb2bua"
+    t1: float = 0.5
+
+
+@dataclass
+class HttpConfig:
+    listen: str | None = "tcp:9090:interface=127.0.0.1"  # /healthz and /metrics; None = off
+
+
+@dataclass
+class Config:
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    public_host: str = "127.0.0.1"  # the host name clients use for this node (RTMP URLs)
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the config file's folder's parent (the install root)."""
+        p = Path(path)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    config = _build(Config, data, "")
+    config.base_dir = path.resolve().parent.parent if path.resolve().parent.name == "etc" else path.parent
+    return config
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(map(str, unknown))}")
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value or {}, key)
+        else:
+            values[name] = _check(hint, value, key)
+    return cls(**values)
+
+
+def _check(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(option, value, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not a valid value")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return [_check(item, v, key) for v in value]
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # "5060" written as a number
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,103 @@
+"""Assembles one mpb2bua node: SIP stack, WebSocket listeners, status HTTP."""
+
+from __future__ import annotations
+
+import time
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from b2bua.auth.tokens import TokenVerifier
+from b2bua.auth.users import FreeSwitchDirectory, YamlUsers
+from b2bua.call.controller import Controller
+from b2bua.config import Config, ConfigError
+from b2bua.http_status import make_site
+from b2bua.metrics import Registry
+from b2bua.sip.ua import SipStack
+from b2bua.ws.factory import make_ws_factory
+
+log = Logger()
+
+
+class _NoUsers:
+    """User source when token logins are off or no credentials store is configured."""
+
+    def lookup(self, user: str) -> None:
+        return None
+
+
+def make_user_source(config: Config):
+    kind = config.auth.users_source
+    if kind == "none":
+        return _NoUsers()
+    path = config.resolve(config.auth.users_path)
+    if kind == "yaml":
+        return YamlUsers(path)
+    if kind == "freeswitch":
+        source = FreeSwitchDirectory(path)
+        for error in source.errors:
+            log.warn("FreeSWITCH directory: {error}", error=error)
+        return source
+    raise ConfigError(f"auth.users_source: unknown source {kind!r} (yaml, freeswitch, none)")
+
+
+class SipStackService(service.Service):
+    """Starts the SIP stack first and stops it last, after every session has un-registered."""
+
+    def __init__(self, stack: SipStack, controller: Controller) -> None:
+        self.stack = stack
+        self.controller = controller
+
+    def startService(self) -> None:  # noqa: N802
+        self.stack.start()
+        super().startService()
+
+    def stopService(self) -> Deferred:  # noqa: N802
+        super().stopService()
+        d = maybeDeferred(self.controller.shutdown)
+        d.addBoth(lambda _: self.stack.stop())
+        return d
+
+
+def make_node(config: Config, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    metrics = Registry()
+    stack = SipStack(reactor, config.sip, metrics)
+    verifier = None
+    if config.auth.token_secret:
+        verifier = TokenVerifier(
+            config.auth.token_secret.encode(), max_ttl=config.auth.token_max_ttl, clock=time.time
+        )
+    controller = Controller(
+        reactor, config.websocket, config.auth, stack, make_user_source(config), verifier, metrics=metrics
+    )
+
+    top = service.MultiService()
+    SipStackService(stack, controller).setServiceParent(top)
+    for listen, scheme in ((config.websocket.listen, "ws"), (config.websocket.tls_listen, "wss")):
+        if not listen:
+            continue
+        url = f"{scheme}://{config.public_host}{config.websocket.path}"
+        factory = make_ws_factory(controller, config.websocket, url)
+        endpoint = endpoints.serverFromString(reactor, listen)
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    if config.http.listen:
+
+        def health() -> tuple[bool, dict]:
+            details = controller.health()
+            details["pbx_reachable"] = stack.pbx_reachable
+            return stack.pbx_reachable is not False, details
+
+        site = make_site(metrics, health)
+        StreamServerEndpointService(
+            endpoints.serverFromString(reactor, config.http.listen), site
+        ).setServiceParent(top)
+    top.stack = stack  # for tests and introspection
+    top.controller = controller
+    return top

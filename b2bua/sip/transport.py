@@ -1,0 +1,299 @@
+"""SIP over UDP and TCP (RFC 3261 §18) on Twisted.
+
+The only SIP code that touches sockets: it frames and parses what arrives and
+hands whole messages to one handler; it serializes and sends what it is given.
+Requests that cannot be parsed are answered 400 (or what the parser says) when
+enough of them was readable; anything else is dropped. Nothing raises into the reactor.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IReactorUDP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from b2bua.sip.transaction import Target, TransportError
+from b2bua.wire.sip import (
+    MAX_MESSAGE_SIZE,
+    Request,
+    Response,
+    SipParseError,
+    StreamFramer,
+    make_response,
+    parse_message,
+)
+
+log = Logger()
+
+MessageHandler = Callable[[Request | Response, Target], None]
+MAX_TCP_CONNECTIONS = 1024
+TCP_IDLE_TIMEOUT = 600.0
+MAX_QUEUED_BYTES = 1 << 20
+
+
+class _WarnLimiter:
+    """At most ``per_second`` warnings a second, so a flood of garbage cannot flood the log."""
+
+    def __init__(self, clock: IReactorTime, per_second: int = 10):
+        self._clock = clock
+        self._limit = per_second
+        self._second = -1
+        self._count = 0
+
+    def allow(self) -> bool:
+        second = int(self._clock.seconds())
+        if second != self._second:
+            self._second, self._count = second, 0
+        self._count += 1
+        return self._count <= self._limit
+
+
+class SipTransport:
+    """UDP and TCP listeners on one address, plus outgoing TCP connections, for one SIP node."""
+
+    def __init__(
+        self,
+        reactor: IReactorUDP | IReactorTCP | IReactorTime,
+        host: str,
+        port: int,
+        handler: MessageHandler,
+        transports: tuple[str, ...] = ("UDP", "TCP"),
+        on_bad_message: Callable[[str, Target], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.transports = tuple(t.upper() for t in transports)
+        self.handler = handler
+        self.on_bad_message = on_bad_message
+        self._udp: _UdpProtocol | None = None
+        self._ports: list = []
+        self._conns: dict[tuple[str, int], _TcpProtocol] = {}
+        self._pending: dict[tuple[str, int], list[bytes]] = {}
+        self._warn = _WarnLimiter(reactor)
+        self._local_cache: dict[str, str] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if "UDP" in self.transports:
+            self._udp = _UdpProtocol(self)
+            port = self.reactor.listenUDP(
+                self.port, self._udp, interface=self.host, maxPacketSize=MAX_MESSAGE_SIZE
+            )
+            self._ports.append(port)
+            self.port = port.getHost().port  # port 0 → the one the OS chose
+        if "TCP" in self.transports:
+            self._ports.append(self.reactor.listenTCP(self.port, _TcpFactory(self), interface=self.host))
+
+    def stop(self):
+        from twisted.internet.defer import DeferredList, maybeDeferred
+
+        for conn in list(self._conns.values()):
+            conn.transport.loseConnection()
+        ds = [maybeDeferred(p.stopListening) for p in self._ports]
+        self._ports = []
+        return DeferredList(ds)
+
+    # -- addresses ---------------------------------------------------------------------------------------
+    def local_host_for(self, target: Target) -> str:
+        """The address of ours that ``target`` sees, for Via and Contact."""
+        if self.host not in ("0.0.0.0", "::", ""):
+            return self.host
+        cached = self._local_cache.get(target.host)
+        if cached is None:
+            family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((target.host.strip("[]"), target.port))  # no packet is sent
+                cached = s.getsockname()[0]
+            self._local_cache[target.host] = cached
+        return cached
+
+    # -- sending -----------------------------------------------------------------------------------------
+    def send(self, message: Request | Response, target: Target) -> None:
+        data = bytes(message)
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise TransportError(f"message of {len(data)} bytes is too large")
+        if target.transport == "UDP":
+            if self._udp is None or self._udp.transport is None:
+                raise TransportError("UDP transport is not running")
+            try:
+                self._udp.transport.write(data, (target.host.strip("[]"), target.port))
+            except OSError as e:
+                raise TransportError(str(e)) from e
+            return
+        if target.transport != "TCP":
+            raise TransportError(f"transport {target.transport} not enabled")
+        key = (target.host, target.port)
+        conn = self._conns.get(key)
+        if conn is not None:
+            conn.transport.write(data)
+            return
+        if isinstance(message, Response):
+            raise TransportError("connection for response is gone")
+        queue = self._pending.get(key)
+        if queue is not None:
+            if sum(map(len, queue)) + len(data) > MAX_QUEUED_BYTES:
+                raise TransportError("TCP connect backlog full")
+            queue.append(data)
+            return
+        if len(self._conns) >= MAX_TCP_CONNECTIONS:
+            raise TransportError("too many TCP connections")
+        self._pending[key] = [data]
+        d = protocol.ClientCreator(self.reactor, lambda: _TcpProtocol(self, outgoing=True)).connectTCP(
+            target.host.strip("[]"), target.port, timeout=10
+        )
+        d.addCallbacks(lambda conn: self._connected(key, conn), lambda f: self._connect_failed(key, f))
+
+    def _connected(self, key: tuple[str, int], conn: _TcpProtocol) -> None:
+        conn.peer_key = key
+        self._conns[key] = conn
+        for data in self._pending.pop(key, []):
+            conn.transport.write(data)
+
+    def _connect_failed(self, key: tuple[str, int], failure: Failure) -> None:
+        dropped = self._pending.pop(key, [])
+        # The transactions waiting on these messages time out by themselves (Timer B/F).
+        log.warn(
+            "SIP TCP connect to {peer} failed: {err}; {n} message(s) dropped",
+            peer=f"{key[0]}:{key[1]}",
+            err=failure.getErrorMessage(),
+            n=len(dropped),
+        )
+
+    # -- receiving ---------------------------------------------------------------------------------------
+    def datagram(self, data: bytes, source: Target) -> None:
+        if not data.strip(b"\r\n\x00"):
+            return  # keep-alive
+        self._dispatch(data, source, datagram=True)
+
+    def _dispatch(self, data: bytes, source: Target, datagram: bool) -> None:
+        try:
+            message = parse_message(data, datagram=datagram)
+        except SipParseError as e:
+            self._bad(str(e), source, e.partial, e.status)
+            return
+        except ValueError as e:  # any other parse-level error: same treatment
+            self._bad(str(e), source, None, 400)
+            return
+        if isinstance(message, Request):
+            _fix_via(message, source)
+        try:
+            self.handler(message, source)
+        except Exception:
+            log.failure("SIP message handler failed for {msg!r}", msg=message)
+
+    def _bad(self, reason: str, source: Target, partial: Request | None, status: int) -> None:
+        if self.on_bad_message is not None:
+            self.on_bad_message(reason, source)
+        if self._warn.allow():
+            log.warn(
+                "bad SIP message from {src}: {reason}", src=f"{source.host}:{source.port}", reason=reason
+            )
+        if partial is None or partial.method == "ACK":
+            return
+        try:
+            response = make_response(partial, status, reason=_reason_phrase(status, reason))
+            self.send(response, source)
+        except Exception as e:  # the partial message may be too broken even for a 400
+            if self._warn.allow():
+                log.warn("could not answer bad message from {src}: {e}", src=source.host, e=e)
+
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+
+def _reason_phrase(status: int, reason: str) -> str:
+    base = {
+        400: "Bad Request",
+        505: "Version Not Supported",
+        513: "Message Too Large",
+        416: "Unsupported URI Scheme",
+    }.get(status, "Bad Request")
+    detail = "".join(c if 32 <= ord(c) < 127 else "?" for c in reason)[:100]
+    return f"{base} ({detail})"
+
+
+def _fix_via(request: Request, source: Target) -> None:
+    """RFC 3261 §18.2.1 'received' and RFC 3581 'rport', so responses go where the request came from."""
+    vias = request.headers.get_all("Via")
+    via = request.top_via
+    changed = False
+    if via.host != source.host:
+        via.params["received"] = source.host
+        changed = True
+    if "rport" in via.params and not via.params["rport"]:
+        via.params["rport"] = str(source.port)
+        changed = True
+    if changed:
+        request.headers.remove("Via")
+        request.headers.add("Via", str(via))
+        for rest in vias[1:]:
+            request.headers.add("Via", rest)
+
+
+class _UdpProtocol(protocol.DatagramProtocol):
+    def __init__(self, owner: SipTransport):
+        self.owner = owner
+
+    def datagramReceived(self, data: bytes, addr: tuple) -> None:  # noqa: N802
+        try:
+            self.owner.datagram(data, Target("UDP", addr[0], addr[1]))
+        except Exception:
+            log.failure("UDP datagram handling failed")
+
+
+class _TcpProtocol(protocol.Protocol):
+    def __init__(self, owner: SipTransport, outgoing: bool = False):
+        self.owner = owner
+        self.outgoing = outgoing  # outgoing connections are registered by SipTransport._connected
+        self.framer = StreamFramer()
+        self.peer_key: tuple[str, int] | None = None
+        self._idle = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        if not self.outgoing:
+            peer = self.transport.getPeer()
+            if len(self.owner._conns) >= MAX_TCP_CONNECTIONS:
+                self.transport.abortConnection()
+                return
+            self.peer_key = (peer.host, peer.port)
+            self.owner._conns[self.peer_key] = self
+        self._touch()
+
+    def _touch(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(TCP_IDLE_TIMEOUT)
+        else:
+            self._idle = self.owner.reactor.callLater(TCP_IDLE_TIMEOUT, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._touch()
+        peer = self.transport.getPeer()
+        source = Target("TCP", peer.host, peer.port)
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as e:
+            self.owner._bad(str(e), source, None, e.status)
+            self.transport.loseConnection()  # framing is lost: the stream cannot be resynchronised
+            return
+        for raw in messages:
+            self.owner._dispatch(raw, source, datagram=False)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        if self.peer_key is not None and self.owner._conns.get(self.peer_key) is self:
+            del self.owner._conns[self.peer_key]
+
+
+class _TcpFactory(protocol.ServerFactory):
+    def __init__(self, owner: SipTransport):
+        self.owner = owner
+        self.noisy = False
+
+    def buildProtocol(self, addr) -> _TcpProtocol:  # noqa: N802
+        return _TcpProtocol(self.owner)

@@ -1,0 +1,285 @@
+"""The node's SIP user agent: transport + transactions + the usages of every logged-in user.
+
+One ``SipStack`` per node. It builds requests from the node's real local address,
+keeps a Contact per registration (``sip:mp-<id>@node``) so inbound requests reach
+the right session, answers OPTIONS, refuses requests from addresses other than the
+PBX's, and counts every SIP message for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Callable
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from b2bua.config import SipConfig
+from b2bua.metrics import Registry
+from b2bua.sip.registration import Registration, RegistrationListener
+from b2bua.sip.transaction import ClientTransaction, ServerTransaction, Target, Timers, TransactionLayer
+from b2bua.sip.transport import SipTransport
+from b2bua.wire.digest import DigestClient
+from b2bua.wire.sip import Request, Response, Via, make_response
+from b2bua.wire.sipuri import SipUri, UriError, join_hostport, split_hostport
+
+log = Logger()
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, UPDATE, REFER, NOTIFY"
+CONTACT_PREFIX = "mp-"
+
+
+class SipStack:
+    def __init__(self, reactor, config: SipConfig, metrics: Registry | None = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        host, port = split_hostport(config.pbx)
+        self.pbx_target = Target(config.pbx_transport.upper(), _resolve(host), port or 5060)
+        self.domain = config.domain or host
+        self.registrar_uri = config.registrar_uri or f"sip:{join_hostport(host, port)}"
+        self.allowed_sources = {self.pbx_target.host} | {_resolve(a) for a in config.pbx_addresses}
+        self.transport = SipTransport(
+            reactor,
+            config.listen_host,
+            config.listen_port,
+            self._message_received,
+            tuple(t.upper() for t in config.transports),
+            self._bad_message,
+        )
+        self.transactions = TransactionLayer(reactor, self, self, Timers(T1=config.t1))
+        self.registrations: dict[str, Registration] = {}
+        self.pbx_reachable: bool | None = None
+        self._keepalive: task.LoopingCall | None = None
+        self._init_metrics(metrics)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.transport.start()
+        if self.config.options_keepalive > 0:
+            self._keepalive = task.LoopingCall(self._ping_pbx)
+            self._keepalive.clock = self.reactor
+            self._keepalive.start(self.config.options_keepalive, now=True)
+        log.info(
+            "SIP listening on {host}:{port} ({transports}); PBX {pbx}",
+            host=self.config.listen_host,
+            port=self.transport.port,
+            transports="+".join(self.transport.transports),
+            pbx=self.pbx_target,
+        )
+
+    def stop(self) -> Deferred:
+        """Un-register everyone (bounded by the registrations' own stop timeout), then close."""
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        pending = [reg.stop() for reg in list(self.registrations.values())]
+        d = DeferredList(pending)
+
+        def close(_):
+            self.transactions.close()
+            return self.transport.stop()
+
+        return d.addBoth(close)
+
+    # -- usages ------------------------------------------------------------------------------------------
+    def create_registration(
+        self, user: str, password: str | None, ha1: str | None, listener: RegistrationListener
+    ) -> Registration:
+        contact_user = CONTACT_PREFIX + secrets.token_urlsafe(12).replace("_", "x").replace("-", "y")
+        reg = Registration(
+            self,
+            user,
+            DigestClient(user, password=password, ha1=ha1),
+            contact_user,
+            listener,
+            self.config.register_expires,
+        )
+        self.registrations[contact_user] = reg
+        return reg
+
+    def forget_registration(self, reg: Registration) -> None:
+        if self.registrations.get(reg.contact_user) is reg:
+            del self.registrations[reg.contact_user]
+
+    # -- building and sending ----------------------------------------------------------------------------
+    def local_host(self, target: Target | None = None) -> str:
+        return self.config.public_host or self.transport.local_host_for(target or self.pbx_target)
+
+    def aor(self, user: str) -> str:
+        return f"sip:{user}@{self.domain}"
+
+    def contact_uri(self, contact_user: str) -> SipUri:
+        transport = self.pbx_target.transport
+        params: dict[str, str | None] = {"transport": transport.lower()} if transport != "UDP" else {}
+        return SipUri(host=self.local_host(), user=contact_user, port=self.transport.port, params=params)
+
+    def new_request(
+        self,
+        method: str,
+        uri: str,
+        from_uri: str,
+        from_tag: str,
+        to_uri: str,
+        call_id: str,
+        cseq: int,
+        target: Target | None = None,
+        to_tag: str | None = None,
+    ) -> Request:
+        target = target or self.pbx_target
+        via = Via(target.transport, self.local_host(target), self.transport.port, {"rport": None})
+        request = Request(method=method, uri=uri)
+        h = request.headers
+        h.add("Via", str(via))
+        h.add("Max-Forwards", 70)
+        h.add("From", f"<{from_uri}>;tag={from_tag}")
+        h.add("To", f"<{to_uri}>" + (f";tag={to_tag}" if to_tag else ""))
+        h.add("Call-ID", call_id)
+        h.add("CSeq", f"{cseq} {method}")
+        h.add("User-Agent", self.config.user_agent)
+        if method in ("REGISTER", "INVITE", "OPTIONS"):
+            h.add("Allow", ALLOW)
+        return request
+
+    def send_request(
+        self, request: Request, on_response: Callable[[Response], None], target: Target | None = None
+    ) -> ClientTransaction:
+        return self.transactions.send_request(request, target or self.pbx_target, on_response)
+
+    # TransportSender for the transaction layer: counts, then hands to the transport.
+    def send(self, message: Request | Response, target: Target) -> None:
+        if isinstance(message, Request):
+            self._m_req.labels("out", message.method).inc()
+        else:
+            self._m_resp.labels("out", message.cseq[1], message.status).inc()
+        self.transport.send(message, target)
+
+    # -- receiving ---------------------------------------------------------------------------------------
+    def _message_received(self, message: Request | Response, source: Target) -> None:
+        if isinstance(message, Request):
+            self._m_req.labels("in", message.method).inc()
+            if source.host not in self.allowed_sources:
+                self._m_refused.inc()
+                log.warn(
+                    "refused {method} from {src}: not a PBX address",
+                    method=message.method,
+                    src=f"{source.host}:{source.port}",
+                )
+                if message.method != "ACK":
+                    self.transport.send(make_response(message, 403, "Forbidden (not a PBX address)"), source)
+                return
+        else:
+            self._m_resp.labels("in", message.cseq[1], message.status).inc()
+        self.transactions.message_received(message, source)
+
+    def _bad_message(self, reason: str, source: Target) -> None:
+        self._m_bad.inc()
+
+    # TransactionUser
+    def request_received(
+        self, request: Request, transaction: ServerTransaction | None, source: Target
+    ) -> None:
+        if transaction is None:
+            return  # an ACK to a 2xx: no dialogs yet
+        method = request.method
+        if method == "OPTIONS":
+            transaction.respond(
+                make_response(
+                    request,
+                    200,
+                    to_tag=secrets.token_hex(6),
+                    headers=[
+                        ("Allow", ALLOW),
+                        ("Accept", "application/sdp"),
+                        ("User-Agent", self.config.user_agent),
+                    ],
+                )
+            )
+            return
+        user = _request_user(request)
+        if user is None or user not in self.registrations:
+            transaction.respond(
+                make_response(request, 404, "Not Found (no such session)", to_tag=secrets.token_hex(6))
+            )
+            return
+        if method in ("BYE", "CANCEL", "INFO", "UPDATE", "PRACK", "NOTIFY"):
+            transaction.respond(make_response(request, 481, to_tag=secrets.token_hex(6)))
+        elif method == "INVITE":
+            transaction.respond(
+                make_response(
+                    request, 480, "Temporarily Unavailable (calls not enabled)", to_tag=secrets.token_hex(6)
+                )
+            )
+        else:
+            transaction.respond(
+                make_response(request, 405, to_tag=secrets.token_hex(6), headers=[("Allow", ALLOW)])
+            )
+
+    def stray_response(self, response: Response, source: Target) -> None:
+        pass
+
+    # -- keepalive ---------------------------------------------------------------------------------------
+    def _ping_pbx(self) -> None:
+        request = self.new_request(
+            "OPTIONS",
+            self.registrar_uri,
+            from_uri=f"sip:mpb2bua@{self.domain}",
+            from_tag=secrets.token_hex(6),
+            to_uri=self.registrar_uri,
+            call_id=f"{secrets.token_hex(10)}@mpb2bua",
+            cseq=1,
+        )
+        self.send_request(request, self._on_ping)
+
+    def _on_ping(self, response: Response) -> None:
+        if response.status < 200:
+            return
+        reachable = not response.local
+        if reachable != self.pbx_reachable:
+            log.info(
+                "PBX {pbx} is {state}", pbx=self.pbx_target, state="reachable" if reachable else "unreachable"
+            )
+        self.pbx_reachable = reachable
+
+    # -- metrics -----------------------------------------------------------------------------------------
+    def _init_metrics(self, metrics: Registry | None) -> None:
+        reg = metrics or Registry()
+        self._m_req = reg.counter(
+            "mpb2bua_sip_requests_total", "SIP requests by direction and method", ("direction", "method")
+        )
+        self._m_resp = reg.counter(
+            "mpb2bua_sip_responses_total",
+            "SIP responses by direction, method and status",
+            ("direction", "method", "code"),
+        )
+        self._m_bad = reg.counter("mpb2bua_sip_bad_messages_total", "SIP messages that could not be parsed")
+        self._m_refused = reg.counter("mpb2bua_sip_refused_total", "SIP requests refused: source not a PBX")
+        reg.gauge_fn("mpb2bua_registrations", "Registrations by state", self._registration_states, ("state",))
+        reg.gauge_fn(
+            "mpb2bua_sip_transactions",
+            "Live SIP transactions by kind",
+            lambda: {(k,): float(v) for k, v in self.transactions.count().items()},
+            ("kind",),
+        )
+
+    def _registration_states(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {(s,): 0.0 for s in ("registering", "registered", "failed")}
+        for reg in self.registrations.values():
+            counts[(reg.state,)] = counts.get((reg.state,), 0.0) + 1
+        return counts
+
+
+def _request_user(request: Request) -> str | None:
+    try:
+        return SipUri.parse(request.uri).user
+    except UriError:
+        return None
+
+
+def _resolve(host: str) -> str:
+    if host.startswith("["):
+        return host[1:-1]
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host

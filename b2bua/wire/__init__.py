@@ -1,0 +1,1 @@
+"""Sans-IO wire formats: standard library only."""

@@ -1,0 +1,55 @@
+"""Start an mpb2bua node in the test process, on free loopback ports, against a given PBX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from b2bua.config import Config
+from b2bua.service import make_node
+from tests.peers.ports import free_port
+
+
+@dataclass
+class Gateway:
+    node: object
+    config: Config
+    ws_url: str
+    http_port: int
+    sip_port: int
+
+    @property
+    def stack(self):
+        return self.node.stack
+
+    @property
+    def controller(self):
+        return self.node.controller
+
+    def stop(self) -> None:
+        if self.node.running:
+            pytest_twisted.blockon(self.node.stopService())
+
+
+def start_gateway(pbx_host: str, pbx_port: int, **overrides) -> Gateway:
+    """``overrides``: ``section__key=value`` (e.g. ``sip__register_expires=30``)."""
+    config = Config()
+    ws_port, http_port, sip_port = free_port("tcp"), free_port("tcp"), free_port("both")
+    config.websocket.listen = f"tcp:{ws_port}:interface=127.0.0.1"
+    config.http.listen = f"tcp:{http_port}:interface=127.0.0.1"
+    config.sip.listen_host = "127.0.0.1"
+    config.sip.listen_port = sip_port
+    config.sip.pbx = f"{pbx_host}:{pbx_port}"
+    config.sip.options_keepalive = 0
+    config.auth.users_source = "none"
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        target = getattr(config, section)
+        if not hasattr(target, name):
+            raise AttributeError(key)
+        setattr(target, name, value)
+    node = make_node(config, reactor)
+    node.startService()
+    return Gateway(node, config, f"ws://127.0.0.1:{ws_port}/ws", http_port, sip_port)

@@ -1,0 +1,25 @@
+"""Reactor-friendly waiting for integration tests (the reactor keeps running while we wait)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from twisted.internet import defer, reactor, task
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = ""):
+    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds. Returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        yield sleep(interval)

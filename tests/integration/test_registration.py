@@ -1,0 +1,192 @@
+"""Login over WebSocket → REGISTER at a real Kamailio registrar (digest auth, usrloc), and back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.integration.gateway import start_gateway
+from tests.integration.helpers import sleep, wait_until
+from tests.peers.ports import free_port
+from tests.peers.wsclient import RpcError, WsClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gateway_factory():
+    started = []
+
+    def make(kam_host, kam_port, **overrides):
+        overrides.setdefault("websocket__login_attempts_per_minute", 100_000)
+        gw = start_gateway(kam_host, kam_port, **overrides)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def mine(gw, kamailio):
+    """AOR → contacts at Kamailio that belong to this gateway."""
+    port = f":{gw.sip_port}"
+    return {aor: cs for aor, cs in kamailio.registrations().items() if any(port in c for c in cs)}
+
+
+@pytest_twisted.inlineCallbacks
+def test_login_registers_and_logout_unregisters(kamailio, gateway_factory):
+    gw = gateway_factory(kamailio.host, kamailio.port)
+    client = yield WsClient.connect(gw.ws_url)
+    result = yield client.request("login", {"user": "1000", "password": "1234"})
+    assert result["user"] == "1000" and result["session"] and result["expires"] > 0
+    event = yield client.wait_event("registered")
+    assert event["user"] == "1000"
+    regs = kamailio.registrations()
+    assert list(regs) == ["1000"]
+    (contact,) = regs["1000"]
+    assert contact.startswith("sip:mp-") and f"@127.0.0.1:{gw.sip_port}" in contact
+    yield client.request("logout")
+    assert kamailio.registrations() == {}
+    assert gw.stack.registrations == {}
+    yield client.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_password_is_auth_failed(kamailio, gateway_factory):
+    gw = gateway_factory(kamailio.host, kamailio.port)
+    client = yield WsClient.connect(gw.ws_url)
+    started = time.monotonic()
+    with pytest.raises(RpcError) as err:
+        yield client.request("login", {"user": "1001", "password": "nope"})
+    assert err.value.reason == "auth_failed"
+    assert err.value.sip_status in (401, 403)
+    assert time.monotonic() - started < 5
+    assert kamailio.registrations() == {}
+    assert gw.stack.registrations == {}
+    # the socket stays usable: a right password now works
+    result = yield client.request("login", {"user": "1001", "password": "1234"})
+    assert result["user"] == "1001"
+    yield client.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_user_is_refused(kamailio, gateway_factory):
+    gw = gateway_factory(kamailio.host, kamailio.port)
+    client = yield WsClient.connect(gw.ws_url)
+    with pytest.raises(RpcError) as err:
+        yield client.request("login", {"user": "4242", "password": "1234"})
+    assert err.value.reason == "auth_failed" and err.value.sip_status == 403
+    yield client.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pbx_down_is_pbx_unreachable_after_transaction_timeout(gateway_factory):
+    silent = free_port("both")  # nothing listens there
+    gw = gateway_factory("127.0.0.1", silent, sip__t1=0.1)  # Timer F = 64 × T1 = 6.4 s
+    client = yield WsClient.connect(gw.ws_url)
+    started = time.monotonic()
+    with pytest.raises(RpcError) as err:
+        yield client.request("login", {"user": "1000", "password": "1234"})
+    elapsed = time.monotonic() - started
+    assert err.value.reason == "pbx_unreachable"
+    assert 6.0 <= elapsed < 10, elapsed
+    assert gw.stack.registrations == {}
+    yield client.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_registrations_survive_several_refreshes(kamailio_factory, gateway_factory):
+    kam = kamailio_factory(min_expires=5, default_expires=20)
+    gw = gateway_factory(kam.host, kam.port, sip__register_expires=12)
+    clients = []
+    for user in ("1000", "1001", "1002"):
+        c = yield WsClient.connect(gw.ws_url)
+        yield c.request("login", {"user": user, "password": "1234"})
+        clients.append(c)
+    first = {aor: int(cs[0]["CSeq"]) for aor, cs in kam.contacts().items()}
+    assert sorted(first) == ["1000", "1001", "1002"]
+    yield sleep(26)  # two refresh periods of about 6 s each, and more than the 12 s lifetime twice
+    now = kam.contacts()
+    assert sorted(now) == ["1000", "1001", "1002"]
+    for aor, cs in now.items():
+        assert int(cs[0]["CSeq"]) >= first[aor] + 3, (aor, cs[0])
+        assert int(cs[0]["Expires"]) > 0
+    for c in clients:
+        assert ("registration_failed" not in [n for n, _ in c.events])
+        yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pbx_restart_registrations_recover(kamailio_factory, gateway_factory):
+    kam = kamailio_factory(min_expires=5, default_expires=20)
+    gw = gateway_factory(kam.host, kam.port, sip__register_expires=10, sip__t1=0.1)
+    clients = []
+    for user in ("1000", "1001"):
+        c = yield WsClient.connect(gw.ws_url)
+        yield c.request("login", {"user": user, "password": "1234"})
+        clients.append(c)
+    assert sorted(kam.registrations()) == ["1000", "1001"]
+    kam.stop()
+    yield sleep(8)  # refreshes at ~5 s fail: the PBX is down (transaction timeout 6.4 s)
+    kam.start()  # same port, empty location table
+    yield wait_until(lambda: sorted(kam.registrations()) == ["1000", "1001"], timeout=40,
+                     what="registrations back at the restarted PBX")
+    for c in clients:
+        names = [n for n, _ in c.events]
+        assert "registration_failed" in names  # the client was told while the PBX was away
+        assert names.count("registered") >= 2  # ... and told when it came back
+        yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_closed_socket_unregisters_after_grace_and_resume_keeps_registration(kamailio, gateway_factory):
+    gw = gateway_factory(kamailio.host, kamailio.port, websocket__grace_period=2.0)
+    a = yield WsClient.connect(gw.ws_url)
+    login = yield a.request("login", {"user": "1003", "password": "1234"})
+    contact_before = kamailio.registrations()["1003"]
+    a.drop()
+    yield sleep(0.5)
+    b = yield WsClient.connect(gw.ws_url)
+    resumed = yield b.request("resume", {"session": login["session"]})
+    assert resumed["user"] == "1003"
+    assert kamailio.registrations()["1003"] == contact_before  # same binding, no flap
+    b.drop()
+    yield wait_until(lambda: "1003" not in kamailio.registrations(), timeout=15,
+                     what="un-REGISTER after the grace period")
+    c = yield WsClient.connect(gw.ws_url)
+    with pytest.raises(RpcError) as err:
+        yield c.request("resume", {"session": login["session"]})
+    assert err.value.reason == "session_not_found"
+    yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_thousand_users_register_concurrently_then_all_leave(kamailio, gateway_factory):
+    n = 1000
+    gw = gateway_factory(kamailio.host, kamailio.port)
+    users = [str(1000 + i) for i in range(n)]
+    started = time.monotonic()
+    clients = yield defer.gatherResults([WsClient.connect(gw.ws_url) for _ in users], consumeErrors=True)
+    connected = time.monotonic()
+    results = yield defer.gatherResults(
+        [c.request("login", {"user": u, "password": "1234"}) for c, u in zip(clients, users, strict=True)],
+        consumeErrors=True)
+    registered = time.monotonic()
+    assert [r["user"] for r in results] == users
+    regs = kamailio.registrations()
+    assert sorted(regs) == users
+    assert all(len(cs) == 1 and f":{gw.sip_port}" in cs[0] for cs in regs.values())
+    print(f"\n{n} users: WS connect {connected - started:.2f} s, "
+          f"login+REGISTER {registered - connected:.2f} s")
+    yield defer.gatherResults([c.request("logout") for c in clients], consumeErrors=True)
+    print(f"{n} users: logout {time.monotonic() - registered:.2f} s")
+    assert kamailio.registrations() == {}
+    assert gw.stack.registrations == {}
+    # client transactions linger for Timer K (T4 = 5 s on UDP), then none is left
+    yield wait_until(lambda: not any(gw.stack.transactions.count().values()), timeout=8,
+                     what="all SIP transactions ended")
+    yield defer.gatherResults([c.close() for c in clients], consumeErrors=True)
