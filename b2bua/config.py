@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class WebSocketConfig:
-    listen: str = "tcp:8080"  # twisted endpoint description
+    listen: str = "tcp:8080:backlog=1024"  # twisted endpoint description
     tls_listen: str | None = None  # e.g. "ssl:8443:privateKey=key.pem:certKey=cert.pem"
     path: str = "/ws"
     allowed_origins: list[str] = field(default_factory=lambda: ["*"])

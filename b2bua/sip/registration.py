@@ -85,10 +85,12 @@ class Registration:
         self._stopped = Deferred()
         self._cancel_timer()
         was = self.state
+        in_flight = self._txn is not None
         if self._txn is not None:
             self._txn.terminate()
             self._txn = None
-        if was in ("registered", "registering"):
+        # un-REGISTER only if a binding may exist: granted once, or a REGISTER is in flight
+        if was == "registered" or (was == "registering" and (in_flight or self.granted)):
             self.state = "unregistering"
             self._auth_fresh = False
             self._stop_guard = self.stack.reactor.callLater(STOP_TIMEOUT, self._finish_stop)
@@ -251,7 +253,7 @@ class Registration:
         try:
             self.listener.unregistered()
         finally:
-            d, self._stopped = self._stopped, self._stopped
+            d = self._stopped
             if d is not None and not d.called:
                 d.callback(None)
 

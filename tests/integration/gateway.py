@@ -37,7 +37,7 @@ def start_gateway(pbx_host: str, pbx_port: int, **overrides) -> Gateway:
     """``overrides``: ``section__key=value`` (e.g. ``sip__register_expires=30``)."""
     config = Config()
     ws_port, http_port, sip_port = free_port("tcp"), free_port("tcp"), free_port("both")
-    config.websocket.listen = f"tcp:{ws_port}:interface=127.0.0.1"
+    config.websocket.listen = f"tcp:{ws_port}:interface=127.0.0.1:backlog=1024"
     config.http.listen = f"tcp:{http_port}:interface=127.0.0.1"
     config.sip.listen_host = "127.0.0.1"
     config.sip.listen_port = sip_port

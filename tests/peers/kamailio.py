@@ -349,8 +349,9 @@ class Kamailio:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise KamailioError(f"no reply to RPC {method} within {timeout} s")
-                ready, _, _ = select.select([rfd], [], [], min(left, 0.5))
-                if not ready:
+                poller = select.poll()  # not select(): fds above 1024 are common under load tests
+                poller.register(rfd, select.POLLIN)
+                if not poller.poll(min(left, 0.5) * 1000):
                     continue
                 buf += os.read(rfd, 1 << 20)
                 try:

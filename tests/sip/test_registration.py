@@ -242,3 +242,13 @@ def test_stop_after_failure_is_immediate():
     stack.answer(403)
     d = reg.stop()
     assert d.called and len(stack.sent) == 1
+
+
+def test_stop_while_retrying_without_binding_is_immediate():
+    stack, listener, reg = make()
+    reg.start()
+    stack.answer(408, local=True)  # PBX unreachable: a retry is scheduled, nothing in flight
+    d = reg.stop()
+    assert d.called and reg.state == "unregistered"
+    assert len(stack.sent) == 1  # no un-REGISTER toward a PBX that never bound us
+    assert stack.reactor.getDelayedCalls() == []

@@ -1,0 +1,82 @@
+"""The real entry point: ``twistd -n mpb2bua --config FILE`` as a separate process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from tests.integration.helpers import wait_until
+from tests.peers.ports import free_port
+from tests.peers.wsclient import WsClient
+
+pytestmark = pytest.mark.integration
+PASSWORD = "Zebra-7pw-Q"  # distinctive, to search the log for it
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+@pytest_twisted.inlineCallbacks
+def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_path):
+    kamailio = kamailio_factory(password=PASSWORD)
+    ws, http, sip = free_port("tcp"), free_port("tcp"), free_port("both")
+    shipped = (ROOT / "etc" / "mpb2bua.yaml").read_text()
+    config = tmp_path / "etc" / "mpb2bua.yaml"
+    config.parent.mkdir()
+    config.write_text(shipped)  # the shipped file must load as it is; the flags override addresses
+    (config.parent / "users.yaml").write_text((ROOT / "etc" / "users.yaml").read_text())
+    log = tmp_path / "twistd.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         f"--logfile={log}", "mpb2bua", "--config", str(config), "--ws", f"tcp:{ws}:interface=127.0.0.1",
+         "--http", f"tcp:{http}:interface=127.0.0.1", "--sip-listen", f"127.0.0.1:{sip}",
+         "--pbx", f"{kamailio.host}:{kamailio.port}"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        health = f"http://127.0.0.1:{http}/healthz"
+        status = yield wait_until(lambda: http_get(health)[0], timeout=20, what="twistd to serve /healthz")
+        body = json.loads((yield threads.deferToThread(http_get, health))[1])
+        assert status == 200 and body["status"] == "ok", body
+        client = yield WsClient.connect(f"ws://127.0.0.1:{ws}/ws")
+        result = yield client.request("login", {"user": "1010", "password": PASSWORD})
+        assert result["user"] == "1010"
+        assert list(kamailio.registrations()) == ["1010"]
+        code, metrics = yield threads.deferToThread(http_get, f"http://127.0.0.1:{http}/metrics")
+        text = metrics.decode()
+        assert code == 200
+        assert 'mpb2bua_registrations{state="registered"} 1' in text
+        assert 'mpb2bua_sip_requests_total{direction="out",method="REGISTER"} 2' in text
+        assert 'mpb2bua_sip_responses_total{direction="in",method="REGISTER",code="401"} 1' in text
+        assert "mpb2bua_sessions" in text
+        # a graceful stop un-registers everyone before the process exits
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        yield wait_until(lambda: proc.poll() is not None, timeout=15, what="twistd to exit")
+        assert proc.returncode in (0, -signal.SIGTERM)  # twistd re-raises the signal it stopped on
+        assert time.monotonic() - started < 10
+        assert kamailio.registrations() == {}
+        text = log.read_text()
+        assert PASSWORD not in text
+        assert "response=" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        print(log.read_text() if log.exists() else proc.stdout.read().decode())
