@@ -62,6 +62,29 @@ class SipConfig:
 
 
 @dataclass
+class MediaConfig:
+    rtp_host: str | None = None  # address RTP sockets bind to; sip.listen_host when unset
+    sdp_host: str | None = None  # address written in SDP c= lines; sip.public_host or rtp_host when unset
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "opus"])
+
+
+@dataclass
+class RtmpConfig:
+    listen: str = "tcp:1935:backlog=1024"
+    app: str = "mp"  # the application name in rtmp://host/APP/KEY
+    public_url: str | None = None  # base of push/play URLs; rtmp://<public_host>:1935/<app> when unset
+
+
+@dataclass
+class CallsConfig:
+    max_per_session: int = 2  # beyond it an incoming INVITE is answered 486, a `call` fails
+    ring_timeout: float = 60.0  # an unanswered incoming call is ended with 480 after this
+    outbound_timeout: float = 120.0  # an unanswered outgoing call is cancelled after this
+
+
+@dataclass
 class HttpConfig:
     listen: str | None = "tcp:9090:interface=127.0.0.1"  # /healthz and /metrics; None = off
 
@@ -72,6 +95,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     sip: SipConfig = field(default_factory=SipConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
     public_host: str = "127.0.0.1"  # the host name clients use for this node (RTMP URLs)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from b2bua.auth.tokens import TokenVerifier
 from b2bua.auth.users import FreeSwitchDirectory, YamlUsers
+from b2bua.call.calls import CallManager
 from b2bua.call.controller import Controller
 from b2bua.config import Config, ConfigError
 from b2bua.http_status import make_site
@@ -78,6 +79,8 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         reactor, config.websocket, config.auth, stack, make_user_source(config), verifier, metrics=metrics
     )
 
+    calls = CallManager(reactor, stack, controller, config, metrics)
+
     top = service.MultiService()
     SipStackService(stack, controller).setServiceParent(top)
     for listen, scheme in ((config.websocket.listen, "ws"), (config.websocket.tls_listen, "wss")):
@@ -100,4 +103,5 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         ).setServiceParent(top)
     top.stack = stack  # for tests and introspection
     top.controller = controller
+    top.calls = calls
     return top

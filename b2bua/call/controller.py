@@ -134,6 +134,7 @@ class Controller:
             max(1, ws_config.login_attempts_per_minute), reactor.seconds, max_keys=100_000
         )
         self.methods: dict[str, Method] = {}
+        self.session_end_hooks: list[Callable[[Session], None]] = []  # e.g. the call layer hangs up
         self.add_method("login", self.login, needs_session=False)
         self.add_method("resume", self.resume, needs_session=False)
         self.add_method("ping", self.ping, needs_session=False)
@@ -434,6 +435,11 @@ class Controller:
         if session.state in (CLOSING, CLOSED):
             return _chain(session.stop_deferred)
         session.state = CLOSING
+        for hook in self.session_end_hooks:
+            try:
+                hook(session)
+            except Exception:
+                self.log.failure("session end hook failed for {tag}", tag=session.tag)
         session.cancel_grace()
         session.cancel_login_timer()
         session.detach()

@@ -18,16 +18,17 @@ from twisted.logger import Logger
 
 from b2bua.config import SipConfig
 from b2bua.metrics import Registry
+from b2bua.sip.dialog import ALLOW
+from b2bua.sip.invite import InviteSession
 from b2bua.sip.registration import Registration, RegistrationListener
 from b2bua.sip.transaction import ClientTransaction, ServerTransaction, Target, Timers, TransactionLayer
 from b2bua.sip.transport import SipTransport
-from b2bua.wire.digest import DigestClient
+from b2bua.wire.digest import DigestClient, DigestError
 from b2bua.wire.sip import Request, Response, Via, make_response
-from b2bua.wire.sipuri import SipUri, UriError, join_hostport, split_hostport
+from b2bua.wire.sipuri import NameAddr, SipUri, UriError, join_hostport, split_hostport
 
 log = Logger()
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, UPDATE, REFER, NOTIFY"
 CONTACT_PREFIX = "mp-"
 
 
@@ -50,6 +51,11 @@ class SipStack:
         )
         self.transactions = TransactionLayer(reactor, self, self, Timers(T1=config.t1))
         self.registrations: dict[str, Registration] = {}
+        self.dialogs: dict[tuple[str, str, str], InviteSession] = {}
+        self.incoming: dict[ServerTransaction, InviteSession] = {}  # unanswered INVITEs, for CANCEL
+        self.inbound = (
+            None  # the call layer: incoming_invite(reg, request, txn), incoming_message(reg, request)
+        )
         self.pbx_reachable: bool | None = None
         self._keepalive: task.LoopingCall | None = None
         self._init_metrics(metrics)
@@ -175,13 +181,50 @@ class SipStack:
     def _bad_message(self, reason: str, source: Target) -> None:
         self._m_bad.inc()
 
+    # -- dialogs -----------------------------------------------------------------------------------------
+    def register_dialog(self, session: InviteSession) -> None:
+        self.dialogs[session.dialog.key] = session
+        if session.role == "uas" and session.state == "incoming":
+            self.incoming[session._txn] = session
+
+    def forget_session(self, session: InviteSession) -> None:
+        if session.dialog is not None and self.dialogs.get(session.dialog.key) is session:
+            del self.dialogs[session.dialog.key]
+        if session.role == "uas":
+            self.incoming.pop(session._txn, None)
+
+    def counts(self) -> dict[str, int]:
+        """Live objects, for leak checks and /metrics."""
+        return {
+            "registrations": len(self.registrations),
+            "dialogs": len(self.dialogs),
+            "incoming": len(self.incoming),
+            **self.transactions.count(),
+        }
+
     # TransactionUser
     def request_received(
         self, request: Request, transaction: ServerTransaction | None, source: Target
     ) -> None:
-        if transaction is None:
-            return  # an ACK to a 2xx: no dialogs yet
         method = request.method
+        to_tag = _tag(request.headers.get("To"))
+        if to_tag:
+            session = self.dialogs.get((request.call_id, to_tag, _tag(request.headers.get("From"))))
+            if session is not None:
+                session.handle_request(request, transaction)
+            elif transaction is not None:
+                transaction.respond(make_response(request, 481))
+            return
+        if transaction is None:
+            return  # a stray ACK
+        if method == "CANCEL":
+            invite_txn = self.transactions.find_invite_server_transaction(request)
+            session = self.incoming.get(invite_txn) if invite_txn is not None else None
+            if session is None:
+                transaction.respond(make_response(request, 481, to_tag=secrets.token_hex(6)))
+            else:
+                session.cancelled(transaction, request)
+            return
         if method == "OPTIONS":
             transaction.respond(
                 make_response(
@@ -196,20 +239,22 @@ class SipStack:
                 )
             )
             return
-        user = _request_user(request)
-        if user is None or user not in self.registrations:
+        reg = self.registrations.get(_request_user(request) or "")
+        handler = self.inbound
+        if reg is None or reg.state not in ("registered", "registering"):
             transaction.respond(
                 make_response(request, 404, "Not Found (no such session)", to_tag=secrets.token_hex(6))
             )
-            return
-        if method in ("BYE", "CANCEL", "INFO", "UPDATE", "PRACK", "NOTIFY"):
-            transaction.respond(make_response(request, 481, to_tag=secrets.token_hex(6)))
-        elif method == "INVITE":
+        elif method == "INVITE" and handler is not None:
+            handler.incoming_invite(reg, request, transaction)
+        elif method == "MESSAGE" and handler is not None:
             transaction.respond(
-                make_response(
-                    request, 480, "Temporarily Unavailable (calls not enabled)", to_tag=secrets.token_hex(6)
-                )
+                make_response(request, handler.incoming_message(reg, request), to_tag=secrets.token_hex(6))
             )
+        elif method in ("INVITE", "MESSAGE"):
+            transaction.respond(make_response(request, 480, to_tag=secrets.token_hex(6)))
+        elif method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"):
+            transaction.respond(make_response(request, 481, to_tag=secrets.token_hex(6)))
         else:
             transaction.respond(
                 make_response(request, 405, to_tag=secrets.token_hex(6), headers=[("Allow", ALLOW)])
@@ -217,6 +262,52 @@ class SipStack:
 
     def stray_response(self, response: Response, source: Target) -> None:
         pass
+
+    def send_out_of_dialog(
+        self, reg: Registration, method: str, to_uri: str, body: bytes = b"", content_type: str | None = None
+    ) -> Deferred:
+        """A request outside any dialog as the user of ``reg`` (e.g. MESSAGE); fires with the final
+        response, after answering one digest challenge."""
+        d: Deferred = Deferred()
+        call_id = f"{secrets.token_hex(12)}@mpb2bua"
+        from_tag = secrets.token_hex(6)
+        cseq = [1]
+
+        def send(auth: tuple[str, str] | None) -> None:
+            request = self.new_request(
+                method,
+                to_uri,
+                from_uri=self.aor(reg.user),
+                from_tag=from_tag,
+                to_uri=to_uri,
+                call_id=call_id,
+                cseq=cseq[0],
+            )
+            if auth is not None:
+                request.headers.add(*auth)
+            if content_type:
+                request.headers.add("Content-Type", content_type)
+            request.body = body
+            self.send_request(request, lambda r: on_response(r, auth is not None))
+
+        def on_response(response: Response, authed: bool) -> None:
+            if response.status < 200 or d.called:
+                return
+            if response.status in (401, 407) and not authed:
+                name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
+                try:
+                    challenge = reg.digest.choose(response.headers.get_all(name))
+                    value = reg.digest.authorization(challenge, method, to_uri)
+                except DigestError:
+                    d.callback(response)
+                    return
+                cseq[0] += 1
+                send(("Proxy-Authorization" if response.status == 407 else "Authorization", value))
+                return
+            d.callback(response)
+
+        send(None)
+        return d
 
     # -- keepalive ---------------------------------------------------------------------------------------
     def _ping_pbx(self) -> None:
@@ -267,6 +358,15 @@ class SipStack:
         for reg in self.registrations.values():
             counts[(reg.state,)] = counts.get((reg.state,), 0.0) + 1
         return counts
+
+
+def _tag(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return NameAddr.parse(value).tag or ""
+    except UriError:
+        return ""
 
 
 def _request_user(request: Request) -> str | None:

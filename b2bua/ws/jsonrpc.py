@@ -71,6 +71,10 @@ ERROR_CODES: dict[str, int] = {
     "session_not_found": -32011,
     "shutting_down": -32012,
     "cancelled": -32013,
+    "call_not_found": -32014,
+    "bad_state": -32015,
+    "too_many_calls": -32016,
+    "media_unavailable": -32017,
 }
 
 _DEFAULT_MESSAGES: dict[str, str] = {

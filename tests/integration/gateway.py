@@ -42,6 +42,8 @@ def start_gateway(pbx_host: str, pbx_port: int, **overrides) -> Gateway:
     config.sip.listen_host = "127.0.0.1"
     config.sip.listen_port = sip_port
     config.sip.pbx = f"{pbx_host}:{pbx_port}"
+    # Kamailio takes only "127.0.0.1:PORT" as itself: call targets must carry the port
+    config.sip.domain = f"{pbx_host}:{pbx_port}"
     config.sip.options_keepalive = 0
     config.auth.users_source = "none"
     for key, value in overrides.items():

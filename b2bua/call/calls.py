@@ -1,0 +1,603 @@
+"""Calls: the JSON-RPC call-control methods and events, joined to SIP INVITE sessions and media legs.
+
+One ``CallManager`` per node. Each ``Call`` is one SIP call leg of one session (a logged-in
+user), with a stable id the mini-program uses in every request and event.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from b2bua.call.session import ACTIVE, DETACHED, Session
+from b2bua.media.leg import MediaLeg, MediaNegotiationError
+from b2bua.media.ports import NoPortsAvailable, PortPool
+from b2bua.sip.causes import cause_from_reason, cause_from_sip_status, parse_reason_header
+from b2bua.sip.dialog import DialogError
+from b2bua.sip.invite import InviteSession, InviteStateError
+from b2bua.wire.sip import Request, Response, make_response
+from b2bua.wire.sipuri import NameAddr, SipUri, UriError
+from b2bua.ws.jsonrpc import RpcError, get_str, reject_unknown_params
+
+if TYPE_CHECKING:
+    from b2bua.call.controller import Client, Controller
+    from b2bua.config import Config
+    from b2bua.metrics import Registry
+    from b2bua.sip.registration import Registration
+    from b2bua.sip.transaction import ServerTransaction
+    from b2bua.sip.ua import SipStack
+
+log = Logger()
+
+CALL_ID_RE = re.compile(r"^c[A-Za-z0-9_-]{8,40}$")
+NUMBER_RE = re.compile(r"^[A-Za-z0-9*#+._~-]{1,64}$")
+DIGITS_RE = re.compile(r"^[0-9*#A-Da-d]{1,32}$")
+HEADER_NAME_RE = re.compile(r"^X-[A-Za-z0-9-]{1,60}$")
+CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
+MAX_HEADERS = 10
+MAX_BODY = 16384
+DTMF_DURATION_MS = 160
+
+
+class Call:
+    """One call leg: its SIP INVITE session, its media, its state as the mini-program sees it."""
+
+    def __init__(
+        self, manager: CallManager, session: Session, direction: str, media: MediaLeg, video: bool
+    ) -> None:
+        self.id = "c" + secrets.token_urlsafe(12)
+        self.manager = manager
+        self.session = session
+        self.direction = direction
+        self.media = media
+        self.video = video
+        self.state = "new"
+        self.invite: InviteSession | None = None
+        self.answer_sdp: bytes | None = None
+        self.held = False
+        self.remote_held = False
+        self._timer = None
+
+    def __repr__(self) -> str:
+        return f"<Call {self.id} {self.direction} {self.state} user={self.session.user}>"
+
+    def event(self, name: str, **params: Any) -> None:
+        params = {"call": self.id, **{k: v for k, v in params.items() if v is not None}}
+        self.session.send_event(name, params)
+
+    # -- InviteListener ---------------------------------------------------------------------------------
+    def invite_progress(self, session: InviteSession, status: int, sdp: bytes | None) -> None:
+        if sdp is not None:
+            try:
+                self.media.accept_answer(sdp)
+            except MediaNegotiationError as e:
+                log.warn("call {call}: unusable early-media SDP ignored: {e}", call=self.id, e=e)
+                sdp = None
+        if sdp is not None:
+            self.state = "early"
+            self.event("early_media", status=status, codec=self.media.codec_name)
+        else:
+            self.state = "ringing"
+            self.event("ringing", status=status)
+
+    def invite_answered(self, session: InviteSession, sdp: bytes | None) -> None:
+        self._cancel_timer()
+        if self.direction == "outbound":
+            try:
+                if sdp is None:
+                    raise MediaNegotiationError("2xx without SDP answer")
+                self.media.accept_answer(sdp)
+            except MediaNegotiationError as e:
+                log.warn("call {call}: bad SDP answer, hanging up: {e}", call=self.id, e=e)
+                self._bad_sdp = str(e)
+                session.hangup()
+                return
+        self.state = "active"
+        self.manager.m_answered.inc()
+        self.event("answered", codec=self.media.codec_name, video=self.video or None)
+
+    def invite_ended(
+        self, session: InviteSession, status: int | None, reason_headers: list[str], by: str, why: str
+    ) -> None:
+        self._cancel_timer()
+        self.state = "ended"
+        cause = _cause(status, reason_headers, why, by)
+        reason = getattr(self, "_bad_sdp", None) or _reason_text(reason_headers) or why
+        if getattr(self, "_bad_sdp", None):
+            cause = "INCOMPATIBLE_DESTINATION"
+        sip_status = status if status and status >= 300 else None
+        self.event("hangup", sip_status=sip_status, cause=cause, reason=reason, by=by)
+        self.manager.m_ended.labels(cause).inc()
+        self.manager.forget(self)
+
+    def invite_offer(self, session: InviteSession, sdp: bytes) -> bytes | None:
+        try:
+            answer, remote_hold = self.media.answer_offer(sdp, hold=self.held)
+        except MediaNegotiationError as e:
+            log.warn("call {call}: refused re-offer: {e}", call=self.id, e=e)
+            return None
+        if remote_hold != self.remote_held:
+            self.remote_held = remote_hold
+            self.event("hold", held=remote_hold, by="remote")
+        return answer
+
+    def invite_request(self, session: InviteSession, request: Request) -> int:
+        if len(request.body) > MAX_BODY:
+            return 413
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        text = request.body.decode("utf-8", errors="replace")
+        if request.method == "NOTIFY":
+            return self._on_notify(request, text)
+        if content_type == "application/dtmf-relay":
+            digit = _dtmf_relay_signal(text)
+            if digit is None:
+                return 400
+            self.event("dtmf", digits=digit, via="info")
+            return 200
+        body: Any = text
+        if content_type == "application/json" or content_type.endswith("+json"):
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+        self.event("info", method=request.method, content_type=content_type or None, body=body)
+        return 200
+
+    def _on_notify(self, request: Request, text: str) -> int:
+        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
+            return 489
+        status, _, phrase = text.partition("\r\n")[0].removeprefix("SIP/2.0 ").partition(" ")
+        final = "terminated" in (request.headers.get("Subscription-State") or "").lower()
+        self.event(
+            "transfer_progress",
+            status=int(status) if status.isdigit() else None,
+            reason=phrase.strip() or None,
+            final=final,
+        )
+        return 200
+
+    # -- timers -----------------------------------------------------------------------------------------
+    def start_timer(self, delay: float, fn) -> None:
+        self._cancel_timer()
+        self._timer = self.manager.reactor.callLater(delay, fn)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class CallManager:
+    """The call-control methods, the inbound INVITE/MESSAGE handler of the SIP stack, the call table."""
+
+    def __init__(
+        self, reactor, stack: SipStack, controller: Controller, config: Config, metrics: Registry
+    ) -> None:
+        self.reactor = reactor
+        self.stack = stack
+        self.controller = controller
+        self.config = config
+        self.calls: dict[str, Call] = {}
+        media = config.media
+        rtp_host = media.rtp_host or config.sip.listen_host
+        self.ports = PortPool(reactor, rtp_host, media.rtp_port_min, media.rtp_port_max)
+        self.sdp_host = media.sdp_host or config.sip.public_host or rtp_host
+        rtmp = config.rtmp
+        port = rtmp.listen.split(":")[1] if rtmp.listen.startswith("tcp:") else "1935"
+        self.rtmp_base = rtmp.public_url or f"rtmp://{config.public_host}:{port}/{rtmp.app}"
+        stack.inbound = self
+        controller.session_end_hooks.append(self.session_ended)
+        for name, handler in (
+            ("call", self.call),
+            ("answer", self.answer),
+            ("reject", self.reject),
+            ("hangup", self.hangup),
+            ("dtmf", self.dtmf),
+            ("hold", self.hold),
+            ("unhold", self.unhold),
+            ("transfer", self.transfer),
+            ("send_info", self.send_info),
+            ("message", self.message),
+        ):
+            controller.add_method(name, handler)
+        self.m_started = metrics.counter("mpb2bua_calls_total", "Calls set up, by direction", ("direction",))
+        self.m_answered = metrics.counter("mpb2bua_calls_answered_total", "Calls answered")
+        self.m_ended = metrics.counter("mpb2bua_calls_ended_total", "Calls ended, by cause", ("cause",))
+        metrics.gauge_fn("mpb2bua_calls", "Live calls by state", self._states, ("state",))
+
+    def _states(self) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {}
+        for call in self.calls.values():
+            out[(call.state,)] = out.get((call.state,), 0.0) + 1
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {"calls": len(self.calls), "rtp_ports": len(self.ports.in_use)}
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _session_calls(self, session: Session) -> list[Call]:
+        return [c for c in self.calls.values() if c.session is session]
+
+    def forget(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        call.media.close()
+
+    def session_ended(self, session: Session) -> None:
+        for call in self._session_calls(session):
+            if call.invite is not None:
+                call.invite.hangup()
+            if call.state != "ended":  # no SIP left to wait for
+                self.forget(call)
+
+    def _new_media(self, video: bool) -> MediaLeg:
+        media = MediaLeg(
+            self.reactor, self.ports, self.sdp_host, self.config.media.codecs, video, self.rtmp_base
+        )
+        try:
+            media.open()
+        except NoPortsAvailable:
+            log.error("no RTP ports left: call refused")
+            raise
+        return media
+
+    def _get_call(self, client: Client, params: dict[str, Any], allowed: frozenset[str]) -> Call:
+        reject_unknown_params(params, allowed)
+        call_id = get_str(params, "call", max_length=48, pattern=CALL_ID_RE)
+        call = self.calls.get(call_id)
+        if call is None or call.session is not client.session:
+            raise RpcError("call_not_found", detail=call_id)
+        return call
+
+    # -- outbound ---------------------------------------------------------------------------------------
+    def call(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        """``call {to, video?, headers?}`` → ``{call, push_url, play_url}``."""
+        reject_unknown_params(params, frozenset({"to", "video", "headers"}))
+        session = client.session
+        to_uri = self._target_uri(get_str(params, "to", max_length=256))
+        video = params.get("video", False)
+        if not isinstance(video, bool):
+            raise RpcError.invalid_params("video must be true or false")
+        headers = _custom_headers(params.get("headers"))
+        if session.registration is None or session.registration.state != "registered":
+            raise RpcError("bad_state", detail="not registered")
+        if len(self._session_calls(session)) >= self.config.calls.max_per_session:
+            raise RpcError("too_many_calls")
+        try:
+            media = self._new_media(video)
+        except NoPortsAvailable:
+            raise RpcError("media_unavailable") from None
+        call = Call(self, session, "outbound", media, video)
+        self.calls[call.id] = call
+        call.invite = InviteSession.outgoing(
+            self.stack, session.registration, to_uri, media.make_offer(), call, headers
+        )
+        call.state = "calling"
+        call.invite.start()
+        call.start_timer(self.config.calls.outbound_timeout, call.invite.hangup)
+        self.m_started.labels("outbound").inc()
+        log.info("call {call}: {user} → {to}", call=call.id, user=session.user, to=to_uri)
+        return {"call": call.id, "push_url": media.push_url, "play_url": media.play_url}
+
+    def _target_uri(self, to: str) -> str:
+        if to.startswith(("sip:", "sips:")):
+            try:
+                return str(SipUri.parse(to))
+            except UriError as e:
+                raise RpcError.invalid_params(f"bad SIP URI: {e}") from None
+        if not NUMBER_RE.match(to):
+            raise RpcError.invalid_params("to: an extension, a number or a sip: URI")
+        return f"sip:{to}@{self.stack.domain}"
+
+    # -- inbound ----------------------------------------------------------------------------------------
+    def incoming_invite(self, reg: Registration, request: Request, txn: ServerTransaction) -> None:
+        session = reg.listener
+        if not isinstance(session, Session) or session.state not in (ACTIVE, DETACHED):
+            txn.respond(make_response(request, 480, to_tag=secrets.token_hex(6)))
+            return
+        if len(self._session_calls(session)) >= self.config.calls.max_per_session:
+            txn.respond(make_response(request, 486, to_tag=secrets.token_hex(6)))
+            return
+        offer = _sdp_body(request)
+        video = offer is not None and b"m=video" in offer and b"m=video 0 " not in offer
+        try:
+            media = self._new_media(video)
+        except NoPortsAvailable:
+            txn.respond(
+                make_response(
+                    request, 503, "Service Unavailable (no media ports)", to_tag=secrets.token_hex(6)
+                )
+            )
+            return
+        call = Call(self, session, "inbound", media, video)
+        answer = None
+        if offer is not None:
+            try:
+                answer, _ = media.answer_offer(offer)
+            except MediaNegotiationError as e:
+                log.warn("incoming INVITE from {src} refused: {e}", src=request.headers.get("From"), e=e)
+                media.close()
+                txn.respond(
+                    make_response(
+                        request, 488, f"Not Acceptable Here ({_ascii(str(e))})", to_tag=secrets.token_hex(6)
+                    )
+                )
+                return
+        else:
+            answer = media.make_offer()  # offer in our 2xx, answer in the ACK
+        try:
+            call.invite = InviteSession.incoming(self.stack, reg, request, txn, call)
+        except DialogError as e:
+            media.close()
+            txn.respond(
+                make_response(request, 400, f"Bad Request ({_ascii(str(e))})", to_tag=secrets.token_hex(6))
+            )
+            return
+        call.answer_sdp = answer
+        call.state = "incoming"
+        self.calls[call.id] = call
+        self.m_started.labels("inbound").inc()
+        caller = _name_addr(request.headers.get("From"))
+        callee = _name_addr(request.headers.get("To"))
+        call.event(
+            "incoming",
+            **{
+                "from": caller.uri.user if caller else None,
+                "from_uri": str(caller.uri) if caller else None,
+                "display": caller.display if caller else None,
+                "to": callee.uri.user if callee else None,
+                "video": video,
+                "headers": {n: v for n, v in request.headers if n.lower().startswith("x-")} or None,
+                "push_url": media.push_url,
+                "play_url": media.play_url,
+            },
+        )
+        call.invite.ring()
+        call.start_timer(self.config.calls.ring_timeout, lambda: self._ring_timeout(call))
+
+    def _ring_timeout(self, call: Call) -> None:
+        if call.invite is not None and call.invite.state == "incoming":
+            call.invite.reject(480)
+
+    def incoming_message(self, reg: Registration, request: Request) -> int:
+        session = reg.listener
+        if not isinstance(session, Session) or session.state not in (ACTIVE, DETACHED):
+            return 480
+        if len(request.body) > MAX_BODY:
+            return 413
+        sender = _name_addr(request.headers.get("From"))
+        content_type = (request.headers.get("Content-Type") or "text/plain").split(";")[0].strip().lower()
+        text = request.body.decode("utf-8", errors="replace")
+        body: Any = text
+        if content_type == "application/json":
+            try:
+                body = json.loads(text)
+            except ValueError:
+                pass
+        session.send_event(
+            "message",
+            {
+                "from": sender.uri.user if sender else None,
+                "from_uri": str(sender.uri) if sender else None,
+                "content_type": content_type,
+                "body": body,
+            },
+        )
+        return 200
+
+    # -- call control -----------------------------------------------------------------------------------
+    def answer(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        call = self._get_call(client, params, frozenset({"call"}))
+        if call.direction != "inbound" or call.invite is None or call.invite.state != "incoming":
+            raise RpcError("bad_state", detail=f"call is {call.state}")
+        call._cancel_timer()
+        call.invite.answer(call.answer_sdp)
+        call.state = "answering"
+        return {"call": call.id}
+
+    def reject(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        call = self._get_call(client, params, frozenset({"call", "status"}))
+        status = params.get("status", 486)
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 699:
+            raise RpcError.invalid_params("status: a SIP status from 400 to 699")
+        if call.direction != "inbound" or call.invite is None or call.invite.state != "incoming":
+            raise RpcError("bad_state", detail=f"call is {call.state}")
+        call.invite.reject(status)
+        return {}
+
+    def hangup(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        call = self._get_call(client, params, frozenset({"call"}))
+        if call.invite is not None:
+            call.invite.hangup()
+        return {}
+
+    def _active(self, client: Client, params: dict[str, Any], allowed: frozenset[str]) -> Call:
+        call = self._get_call(client, params, allowed)
+        if call.invite is None or call.invite.state != "confirmed":
+            raise RpcError("bad_state", detail=f"call is {call.state}")
+        return call
+
+    def dtmf(self, client: Client, params: dict[str, Any]) -> Deferred:
+        call = self._active(client, params, frozenset({"call", "digits"}))
+        digits = get_str(params, "digits", max_length=32, pattern=DIGITS_RE).upper()
+        return self._send_digits(call, digits)
+
+    def _send_digits(self, call: Call, digits: str) -> Deferred:
+        d: Deferred = Deferred()
+
+        def next_digit(index: int) -> None:
+            if index == len(digits):
+                d.callback({})
+                return
+            body = f"Signal={digits[index]}\r\nDuration={DTMF_DURATION_MS}\r\n".encode()
+            request = call.invite.request("INFO", body=body, content_type="application/dtmf-relay")
+
+            def done(response: Response) -> None:
+                if 200 <= response.status < 300:
+                    next_digit(index + 1)
+                else:
+                    d.errback(RpcError("pbx_error", sip_status=response.status))
+
+            request.addCallback(done)
+            request.addErrback(
+                lambda f: d.called or d.errback(RpcError("bad_state", detail=f.getErrorMessage()))
+            )
+
+        next_digit(0)
+        return d
+
+    def hold(self, client: Client, params: dict[str, Any]) -> Deferred:
+        return self._set_hold(self._active(client, params, frozenset({"call"})), True)
+
+    def unhold(self, client: Client, params: dict[str, Any]) -> Deferred:
+        return self._set_hold(self._active(client, params, frozenset({"call"})), False)
+
+    def _set_hold(self, call: Call, held: bool) -> Deferred:
+        offer = call.media.make_offer(hold=held)
+        try:
+            d = call.invite.reinvite(offer)
+        except InviteStateError as e:
+            raise RpcError("bad_state", detail=str(e)) from None
+
+        def done(result: tuple[int, bytes | None]) -> dict[str, Any]:
+            status, answer = result
+            if not 200 <= status < 300:
+                raise RpcError("pbx_error", sip_status=status)
+            if answer is not None:
+                try:
+                    call.media.accept_answer(answer)
+                except MediaNegotiationError as e:
+                    log.warn("call {call}: bad answer to our re-INVITE: {e}", call=call.id, e=e)
+            call.held = held
+            call.state = "held" if held else "active"
+            return {"call": call.id, "held": held}
+
+        def failed(f):
+            if f.check(InviteStateError):
+                raise RpcError("bad_state", detail=f.getErrorMessage())
+            return f
+
+        return d.addCallbacks(done, failed)
+
+    def transfer(self, client: Client, params: dict[str, Any]) -> Deferred:
+        call = self._active(client, params, frozenset({"call", "to"}))
+        target = self._target_uri(get_str(params, "to", max_length=256))
+        d = call.invite.request(
+            "REFER",
+            headers=[("Refer-To", f"<{target}>"), ("Referred-By", f"<{self.stack.aor(call.session.user)}>")],
+        )
+        return d.addCallback(_status_result)
+
+    def send_info(self, client: Client, params: dict[str, Any]) -> Deferred:
+        call = self._active(client, params, frozenset({"call", "content_type", "body"}))
+        content_type, body = _content(params)
+        return call.invite.request("INFO", body=body, content_type=content_type).addCallback(_status_result)
+
+    def message(self, client: Client, params: dict[str, Any]) -> Deferred:
+        """``message {to, content_type?, body}``: a SIP MESSAGE outside any call."""
+        reject_unknown_params(params, frozenset({"to", "content_type", "body"}))
+        session = client.session
+        if session.registration is None or session.registration.state != "registered":
+            raise RpcError("bad_state", detail="not registered")
+        target = self._target_uri(get_str(params, "to", max_length=256))
+        content_type, body = _content(params)
+        d = self.stack.send_out_of_dialog(
+            session.registration, "MESSAGE", target, body=body, content_type=content_type
+        )
+        return d.addCallback(_status_result)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _status_result(response: Response) -> dict[str, Any]:
+    if not 200 <= response.status < 300:
+        raise RpcError("pbx_error", sip_status=response.status, detail=response.reason)
+    return {"sip_status": response.status}
+
+
+def _content(params: dict[str, Any]) -> tuple[str, bytes]:
+    content_type = params.get("content_type") or "text/plain"
+    if not isinstance(content_type, str) or not CONTENT_TYPE_RE.match(content_type):
+        raise RpcError.invalid_params("content_type: type/subtype")
+    body = params.get("body")
+    if isinstance(body, dict | list):
+        body = json.dumps(body, separators=(",", ":"))
+        if content_type == "text/plain":
+            content_type = "application/json"
+    if not isinstance(body, str):
+        raise RpcError.invalid_params("body: a string or a JSON object")
+    data = body.encode("utf-8")
+    if len(data) > MAX_BODY:
+        raise RpcError.invalid_params(f"body larger than {MAX_BODY} bytes")
+    return content_type, data
+
+
+def _custom_headers(value: Any) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, dict) or len(value) > MAX_HEADERS:
+        raise RpcError.invalid_params(f"headers: an object of at most {MAX_HEADERS} X- headers")
+    out = []
+    for name, v in value.items():
+        if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
+            raise RpcError.invalid_params("headers: names must be X-… tokens")
+        if not isinstance(v, str) or len(v) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise RpcError.invalid_params(f"headers: bad value for {name}")
+        out.append((name, v))
+    return out
+
+
+def _sdp_body(request: Request) -> bytes | None:
+    content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    return request.body if request.body and content_type == "application/sdp" else None
+
+
+def _name_addr(value: str | None) -> NameAddr | None:
+    if not value:
+        return None
+    try:
+        return NameAddr.parse(value)
+    except UriError:
+        return None
+
+
+def _ascii(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:80]
+
+
+def _dtmf_relay_signal(text: str) -> str | None:
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip().lower() == "signal":
+            value = value.strip().upper()
+            return value if len(value) == 1 and value in "0123456789*#ABCD" else None
+    return None
+
+
+def _reason_text(reason_headers: list[str]) -> str | None:
+    for value in reason_headers:
+        try:
+            _, _, text = parse_reason_header(value)
+        except ValueError:
+            continue
+        if text:
+            return text
+    return None
+
+
+def _cause(status: int | None, reason_headers: list[str], why: str, by: str) -> str:
+    cause = cause_from_reason(reason_headers)
+    if cause:
+        return cause
+    if why == "cancelled":
+        return "ORIGINATOR_CANCEL"
+    if why == "bye":
+        return "NORMAL_CLEARING"
+    if why in ("timeout", "no ACK", "session timer expired"):
+        return "RECOVERY_ON_TIMER_EXPIRE"
+    if status is not None and status >= 300:
+        return cause_from_sip_status(status)
+    return "NORMAL_CLEARING"

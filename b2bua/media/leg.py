@@ -1,0 +1,170 @@
+"""The media side of one call leg: its RTP/RTCP sockets, its SDP offers/answers, its RTMP stream keys.
+
+The RTMP bridge (uplink AAC → RTP, downlink RTP → AAC) attaches here; this module owns what
+exists for the whole life of the leg and is freed with it.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from b2bua.media.ports import PortPool
+from b2bua.wire.sdp import (
+    TELEPHONE_EVENT,
+    NegotiatedMedia,
+    SdpError,
+    SessionDescription,
+    apply_answer,
+    make_offer,
+    negotiate_answer,
+)
+
+log = Logger()
+STREAM_KEY_BYTES = 24  # 192 random bits per stream key
+
+
+class MediaNegotiationError(Exception):
+    """An SDP that cannot be used: malformed, or nothing in common."""
+
+
+class RtpSocket(DatagramProtocol):
+    """One UDP socket of a leg. Symmetric RTP: we answer to where the far end's packets come from."""
+
+    def __init__(self, leg: MediaLeg, kind: str) -> None:
+        self.leg = leg
+        self.kind = kind
+        self.packets = 0
+        self.bytes = 0
+        self.remote: tuple[str, int] | None = None
+        self.handler = None  # set by the media bridge: handler(data, addr)
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+        self.packets += 1
+        self.bytes += len(data)
+        if self.remote != addr:
+            self.remote = addr
+        if self.handler is not None:
+            try:
+                self.handler(data, addr)
+            except Exception:
+                log.failure("RTP handler failed")
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.write(data, addr)
+
+
+class MediaLeg:
+    def __init__(
+        self, reactor, pool: PortPool, sdp_host: str, codecs: list[str], video: bool, rtmp_base: str
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.sdp_host = sdp_host
+        self.codecs = [*codecs, TELEPHONE_EVENT.name]
+        self.video = video
+        self.push_key = secrets.token_urlsafe(STREAM_KEY_BYTES)
+        self.play_key = secrets.token_urlsafe(STREAM_KEY_BYTES)
+        self.push_url = f"{rtmp_base}/{self.push_key}"
+        self.play_url = f"{rtmp_base}/{self.play_key}"
+        self.negotiated: NegotiatedMedia | None = None
+        self.audio_rtp = RtpSocket(self, "audio-rtp")
+        self.audio_rtcp = RtpSocket(self, "audio-rtcp")
+        self.video_rtp = RtpSocket(self, "video-rtp")
+        self.video_rtcp = RtpSocket(self, "video-rtcp")
+        self._ports: list[IListeningPort] = []
+        self._pairs: list[int] = []
+        self._offer: SessionDescription | None = None
+        self._session_id = random.randint(1, 2**31)
+        self._version = 0
+        self.closed = False
+
+    # -- sockets ----------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Bind the RTP/RTCP pairs (audio, and video when asked); raises NoPortsAvailable."""
+        pairs = [(self.audio_rtp, self.audio_rtcp)]
+        if self.video:
+            pairs.append((self.video_rtp, self.video_rtcp))
+        try:
+            for rtp, rtcp in pairs:
+                rtp_port, rtcp_port = self.pool.bind_pair(rtp, rtcp)
+                self._ports += [rtp_port, rtcp_port]
+                self._pairs.append(rtp_port.getHost().port)
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def audio_port(self) -> int:
+        return self._pairs[0]
+
+    @property
+    def video_port(self) -> int | None:
+        return self._pairs[1] if len(self._pairs) > 1 else None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for port in self._ports:
+            port.stopListening()
+        for pair in self._pairs:
+            self.pool.release(pair)
+        self._ports = []
+
+    # -- SDP --------------------------------------------------------------------------------------------
+    @property
+    def codec_name(self) -> str | None:
+        return self.negotiated.audio.codec if self.negotiated is not None else None
+
+    def make_offer(self, hold: bool = False) -> bytes:
+        self._version += 1
+        offer = make_offer(
+            self.sdp_host,
+            self.audio_port,
+            self.codecs,
+            video_port=self.video_port,
+            direction="sendonly" if hold else "sendrecv",
+            session_id=self._session_id,
+            session_version=self._version,
+        )
+        self._offer = offer
+        return bytes(offer)
+
+    def accept_answer(self, sdp: bytes) -> NegotiatedMedia:
+        if self._offer is None:
+            raise MediaNegotiationError("an answer without our offer")
+        try:
+            negotiated = apply_answer(self._offer, SessionDescription.parse(sdp))
+        except SdpError as e:
+            raise MediaNegotiationError(str(e)) from None
+        self.negotiated = negotiated
+        return negotiated
+
+    def answer_offer(self, sdp: bytes, hold: bool = False) -> tuple[bytes, bool]:
+        """Our answer to a remote offer, and whether that offer puts us on hold."""
+        try:
+            offer = SessionDescription.parse(sdp)
+            ports = {"audio": self.audio_port}
+            if self.video_port is not None:
+                ports["video"] = self.video_port
+            self._version += 1
+            answer, negotiated = negotiate_answer(
+                offer,
+                self.codecs,
+                self.sdp_host,
+                ports,
+                direction="sendonly" if hold else "sendrecv",
+                rtcp_mux=False,
+                session_id=self._session_id,
+                session_version=self._version,
+            )
+        except SdpError as e:
+            raise MediaNegotiationError(str(e)) from None
+        self.negotiated = negotiated
+        return bytes(answer), negotiated.on_hold
