@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -209,6 +211,10 @@ class CallManager:
         self.m_answered = metrics.counter("mpb2bua_calls_answered_total", "Calls answered")
         self.m_ended = metrics.counter("mpb2bua_calls_ended_total", "Calls ended, by cause", ("cause",))
         metrics.gauge_fn("mpb2bua_calls", "Live calls by state", self._states, ("state",))
+        self.m_setup = metrics.histogram(
+            "mpb2bua_call_setup_seconds", "WS `call` handled to INVITE written to the socket",
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+        self.setup_samples: deque[float] = deque(maxlen=10000)  # seconds, for benchmarks and tests
 
     def _states(self) -> dict[tuple[str, ...], float]:
         out: dict[tuple[str, ...], float] = {}
@@ -256,6 +262,7 @@ class CallManager:
     # -- outbound ---------------------------------------------------------------------------------------
     def call(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
         """``call {to, video?, headers?}`` → ``{call, push_url, play_url}``."""
+        started = time.perf_counter()
         reject_unknown_params(params, frozenset({"to", "video", "headers"}))
         session = client.session
         to_uri = self._target_uri(get_str(params, "to", max_length=256))
@@ -278,6 +285,9 @@ class CallManager:
         )
         call.state = "calling"
         call.invite.start()
+        elapsed = time.perf_counter() - started
+        self.m_setup.observe(elapsed)
+        self.setup_samples.append(elapsed)
         call.start_timer(self.config.calls.outbound_timeout, call.invite.hangup)
         self.m_started.labels("outbound").inc()
         log.info("call {call}: {user} → {to}", call=call.id, user=session.user, to=to_uri)
