@@ -374,3 +374,35 @@ def test_requests_for_unknown_calls_and_wrong_states(gateway, far):
         yield client.request("hangup", {"call": call})
     assert err.value.reason == "call_not_found"
     assert (yield exit_code(phone)) == 0, phone.explain()
+
+
+# -- messages outside calls, INFO from the mini-program ---------------------------------------------------
+@pytest_twisted.inlineCallbacks
+def test_message_out_of_dialog_both_ways(gateway, far):
+    client = yield logged_in(gateway)
+    inbox = far("uas_message.xml", user="1500")
+    reply = yield client.request("message", {"to": "1500", "body": "hello from the mini-program"})
+    assert reply == {"sip_status": 200}
+    assert (yield exit_code(inbox)) == 0, inbox.explain()
+    assert "MESSAGE type=text/plain body=hello from the mini-program" in inbox.logs_text()
+    sender = far("uac_message.xml", user="1501", register=False,
+                 variables={"callee": "1000", "message_text": "agent says hi"})
+    message = yield client.wait_event("message")
+    assert message["from"] == "1501" and message["content_type"] == "text/plain"
+    assert message["body"].strip() == "agent says hi"
+    assert (yield exit_code(sender)) == 0, sender.explain()
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_info_with_a_json_body(gateway, far):
+    phone = far("uas_answer.xml")  # -aa: the phone answers in-call INFO with 200
+    client = yield logged_in(gateway)
+    result = yield client.request("call", {"to": "1500"})
+    yield client.wait_event("answered")
+    reply = yield client.request("send_info", {"call": result["call"], "body": {"intent": "balance"}})
+    assert reply == {"sip_status": 200}
+    yield client.request("hangup", {"call": result["call"]})
+    yield client.wait_event("hangup")
+    assert (yield exit_code(phone)) == 0, phone.explain()
+    messages = phone.messages_text()
+    assert "Content-Type: application/json" in messages and '{"intent":"balance"}' in messages

@@ -127,3 +127,39 @@ def test_requests_for_unknown_contacts_are_404(gateway):
     invite = invite.replace(b"1 OPTIONS", b"1 INVITE")
     answer = yield run(exchange_udp, gateway.sip_port, invite)
     assert answer.startswith(b"SIP/2.0 404")
+
+
+@pytest_twisted.inlineCallbacks
+def test_invite_flood_from_a_stranger_creates_nothing(gateway, kamailio):
+    client = yield WsClient.connect(gateway.ws_url)
+    yield client.request("login", {"user": "1000", "password": "1234"})
+    (contact,) = kamailio.registrations()["1000"]
+    user = contact.split(":")[1].split("@")[0]
+    for i in range(100):
+        invite = options(gateway.sip_port, f"z9hG4bKinv{i}").replace(
+            b"OPTIONS sip:127", f"INVITE sip:{user}@127".encode()).replace(b"1 OPTIONS", b"1 INVITE")
+        answer = yield run(exchange_udp, gateway.sip_port, invite, "127.0.0.2")
+        assert answer.startswith(b"SIP/2.0 403 Forbidden"), answer[:60]
+    assert client.events == [("registered", {"user": "1000", "expires": 600})]  # no "incoming"
+    assert gateway.node.calls.counts()["calls"] == 0 and gateway.stack.counts()["dialogs"] == 0
+    yield client.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_invite_with_malformed_sdp_is_488(gateway, kamailio):
+    client = yield WsClient.connect(gateway.ws_url)
+    yield client.request("login", {"user": "1000", "password": "1234"})
+    (contact,) = kamailio.registrations()["1000"]
+    user = contact.split(":")[1].split("@")[0]
+    body = b"v=0\r\no=broken\r\nm=audio notaport RTP/AVP x\r\n"
+    invite = (options(gateway.sip_port, "z9hG4bKbadsdp")
+              .replace(b"OPTIONS sip:127", f"INVITE sip:{user}@127".encode())
+              .replace(b"1 OPTIONS", b"1 INVITE")
+              .replace(b"Content-Length: 0\r\n\r\n",
+                       b"Contact: <sip:pbx@127.0.0.1:9>\r\nContent-Type: application/sdp\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body))
+    answer = yield run(exchange_udp, gateway.sip_port, invite)
+    assert answer.startswith(b"SIP/2.0 488 Not Acceptable Here ("), answer[:80]
+    assert [n for n, _ in client.events] == ["registered"]
+    assert gateway.node.calls.counts() == {"calls": 0, "rtp_ports": 0}
+    yield client.close()
