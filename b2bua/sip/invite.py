@@ -329,7 +329,8 @@ class InviteSession:
                 self.stack.send(response, target)
             except Exception as e:
                 log.warn("2xx retransmission failed: {e}", e=e)
-        self._timer("2xx", interval, lambda: self._retransmit_2xx(min(2 * interval, 4.0), elapsed + interval))
+        delay = min(interval, 64 * t1 - elapsed)  # give up at 64*T1 exactly, not up to T2 later
+        self._timer("2xx", delay, lambda: self._retransmit_2xx(min(2 * interval, 4.0), elapsed + delay))
 
     def cancelled(self, cancel_txn: ServerTransaction, cancel: Request) -> None:
         """The PBX CANCELled the INVITE we have not answered yet (§9.2)."""
@@ -351,6 +352,8 @@ class InviteSession:
             return
         if method == "BYE":
             txn.respond(self._response(request, 200))
+            if self.state == "incoming":  # §15.1.2: BYE on an early dialog: the INVITE gets a 487
+                self._respond_invite(487)
             self._end(None, request.headers.get_all("Reason"), "remote", "bye")
         elif method in ("INVITE", "UPDATE"):
             self._on_remote_offer(request, txn)
@@ -484,7 +487,9 @@ class InviteSession:
         self._add_common(request)
         request.headers.add("Supported", "timer")
         if self.session_expires:
-            request.headers.add("Session-Expires", f"{self.session_expires};refresher={self.refresher}")
+            # we are this re-INVITE's UAC: refresher= is relative to it, self.refresher to the first INVITE
+            refresher = self.refresher if self.role == "uac" else _flip(self.refresher)
+            request.headers.add("Session-Expires", f"{self.session_expires};refresher={refresher}")
         if auth is not None:
             request.headers.add(*auth)
         request.headers.add("Content-Type", SDP)
@@ -495,13 +500,13 @@ class InviteSession:
                 return
             d = self._reinvite
             if 200 <= response.status < 300:
+                self.dialog.update_target(response)  # a target refresh: the ACK goes to the new Contact
                 ack = self.dialog.new_request(self.stack, "ACK", cseq=request.cseq[0])
                 self.stack.send_request(ack, _ignore, target=self.dialog.next_hop())
                 if d is None:
                     return  # a retransmitted 2xx after we were done
                 self._reinvite = None
                 self.local_sdp = sdp
-                self.dialog.update_target(response)
                 answer = sdp_of(response)
                 if answer is not None:
                     self.remote_sdp = answer
@@ -539,7 +544,8 @@ class InviteSession:
         if refresher is None:
             refresher = "uac" if supported else "uas"
         self.session_expires = max(interval, MIN_SE)
-        self.refresher = refresher
+        # kept relative to the first INVITE; the remote is the UAC of a refresh it sends
+        self.refresher = _flip(refresher) if refresh is not None and self.role == "uac" else refresher
         response.headers.add("Session-Expires", f"{self.session_expires};refresher={refresher}")
         if supported:
             response.headers.add("Require", "timer")
@@ -627,6 +633,10 @@ def _parse_session_expires(value: str) -> tuple[int | None, str | None]:
         if name.strip().lower() == "refresher" and v.strip().lower() in ("uac", "uas"):
             refresher = v.strip().lower()
     return int(head), refresher
+
+
+def _flip(refresher: str | None) -> str | None:
+    return {"uac": "uas", "uas": "uac"}.get(refresher or "", refresher)
 
 
 def _ignore(response: Response) -> None:
