@@ -16,7 +16,10 @@ from b2bua.call.calls import CallManager
 from b2bua.call.controller import Controller
 from b2bua.config import Config, ConfigError
 from b2bua.http_status import make_site
+from b2bua.media.tick import MediaClock
 from b2bua.metrics import Registry
+from b2bua.rtmp.server import RtmpServerFactory
+from b2bua.rtmp.streams import StreamRegistry
 from b2bua.sip.ua import SipStack
 from b2bua.ws.factory import make_ws_factory
 
@@ -79,7 +82,9 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         reactor, config.websocket, config.auth, stack, make_user_source(config), verifier, metrics=metrics
     )
 
-    calls = CallManager(reactor, stack, controller, config, metrics)
+    streams = StreamRegistry(reactor)
+    clock = MediaClock(reactor)
+    calls = CallManager(reactor, stack, controller, config, metrics, streams=streams, clock=clock)
 
     top = service.MultiService()
     SipStackService(stack, controller).setServiceParent(top)
@@ -90,6 +95,11 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         factory = make_ws_factory(controller, config.websocket, url)
         endpoint = endpoints.serverFromString(reactor, listen)
         StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    if config.rtmp.listen:
+        rtmp = RtmpServerFactory(streams, app=config.rtmp.app, reactor=reactor, metrics=metrics)
+        StreamServerEndpointService(
+            endpoints.serverFromString(reactor, config.rtmp.listen), rtmp
+        ).setServiceParent(top)
     if config.http.listen:
 
         def health() -> tuple[bool, dict]:
@@ -104,4 +114,6 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
     top.stack = stack  # for tests and introspection
     top.controller = controller
     top.calls = calls
+    top.streams = streams
+    top.media_clock = clock
     return top

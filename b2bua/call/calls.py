@@ -17,8 +17,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from b2bua.call.session import ACTIVE, DETACHED, Session
+from b2bua.media.bridge import AudioBridge
 from b2bua.media.leg import MediaLeg, MediaNegotiationError
 from b2bua.media.ports import NoPortsAvailable, PortPool
+from b2bua.media.tick import MediaClock
+from b2bua.rtmp.streams import StreamRegistry
 from b2bua.sip.causes import cause_from_reason, cause_from_sip_status, parse_reason_header
 from b2bua.sip.dialog import DialogError
 from b2bua.sip.invite import InviteSession, InviteStateError
@@ -63,6 +66,11 @@ class Call:
         self.answer_sdp: bytes | None = None
         self.held = False
         self.remote_held = False
+        self.bridge: AudioBridge | None = None
+        self.no_answer = False  # set when outbound_timeout cancels the call
+        self.players = None  # the play key's PlayerGroup
+        self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
+        self.video_header: bytes | None = None
         self._timer = None
 
     def __repr__(self) -> str:
@@ -82,6 +90,7 @@ class Call:
                 sdp = None
         if sdp is not None:
             self.state = "early"
+            self.start_media()
             self.event("early_media", status=status, codec=self.media.codec_name)
         else:
             self.state = "ringing"
@@ -100,6 +109,7 @@ class Call:
                 session.hangup()
                 return
         self.state = "active"
+        self.start_media()
         self.manager.m_answered.inc()
         self.event("answered", codec=self.media.codec_name, video=self.video or None)
 
@@ -108,12 +118,17 @@ class Call:
     ) -> None:
         self._cancel_timer()
         self.state = "ended"
+        if why == "cancelled" and self.no_answer:
+            why = "no answer"
         cause = _cause(status, reason_headers, why, by)
         reason = getattr(self, "_bad_sdp", None) or _reason_text(reason_headers) or why
         if getattr(self, "_bad_sdp", None):
             cause = "INCOMPATIBLE_DESTINATION"
-        sip_status = status if status and status >= 300 else None
-        self.event("hangup", sip_status=sip_status, cause=cause, reason=reason, by=by)
+        # a status we decided ourselves (no ACK, session timer) was never received: not reported
+        received = not (by == "local" and why in ("no ACK", "session timer expired", "no answer"))
+        sip_status = status if status and status >= 300 and received else None
+        stats = self.stop_media()
+        self.event("hangup", sip_status=sip_status, cause=cause, reason=reason, by=by, media=stats)
         self.manager.m_ended.labels(cause).inc()
         self.manager.forget(self)
 
@@ -123,6 +138,8 @@ class Call:
         except MediaNegotiationError as e:
             log.warn("call {call}: refused re-offer: {e}", call=self.id, e=e)
             return None
+        if self.bridge is not None:
+            self.bridge.renegotiated(self.media.negotiated)
         if remote_hold != self.remote_held:
             self.remote_held = remote_hold
             self.event("hold", held=remote_hold, by="remote")
@@ -141,13 +158,12 @@ class Call:
                 return 400
             self.event("dtmf", digits=digit, via="info")
             return 200
-        body: Any = text
-        if content_type == "application/json" or content_type.endswith("+json"):
-            try:
-                body = json.loads(text)
-            except ValueError:
-                body = text
-        self.event("info", method=request.method, content_type=content_type or None, body=body)
+        self.event(
+            "info",
+            method=request.method,
+            content_type=content_type or None,
+            body=_parse_body(content_type, text),
+        )
         return 200
 
     def _on_notify(self, request: Request, text: str) -> int:
@@ -162,6 +178,68 @@ class Call:
             final=final,
         )
         return 200
+
+    # -- media --------------------------------------------------------------------------------------------
+    def start_media(self) -> None:
+        """Start (or re-point) the RTMP⇄RTP bridge once the SDP exchange is complete."""
+        negotiated = self.media.negotiated
+        if negotiated is None:
+            return
+        if self.bridge is not None:
+            self.bridge.renegotiated(negotiated)
+            return
+        manager = self.manager
+        self.bridge = AudioBridge(
+            self.media,
+            negotiated,
+            self.players,
+            self._dtmf_received,
+            aac_rate=manager.config.media.aac_sample_rate,
+        )
+        if self.audio_header is not None:
+            self.bridge.publisher_audio(0, self.audio_header)
+        if self.video_header is not None:
+            self.bridge.publisher_video(0, self.video_header)
+        manager.clock.add(self.bridge)
+
+    def stop_media(self) -> dict | None:
+        if self.bridge is None:
+            return None
+        self.manager.clock.discard(self.bridge)
+        self.bridge.close()
+        stats = self.bridge.stats.as_event()
+        self.manager.record_media(self.bridge.stats)
+        self.bridge = None
+        return stats
+
+    def _dtmf_received(self, digit: str) -> None:
+        self.event("dtmf", digits=digit, via="rfc4733")
+
+    # PublishSink: the live-pusher of this call
+    def publisher_started(self, publisher_id: str, metadata: dict | None) -> None:
+        self.event("media", stream="publisher", state="connected")
+
+    def audio(self, timestamp_ms: int, payload: bytes) -> None:
+        if len(payload) > 1 and payload[1] == 0 and payload[0] >> 4 == 10:  # AAC sequence header
+            self.audio_header = payload
+        if self.bridge is not None:
+            self.bridge.publisher_audio(timestamp_ms, payload)
+
+    def video(self, timestamp_ms: int, payload: bytes) -> None:
+        if len(payload) > 1 and payload[1] == 0 and payload[0] & 0x0F == 7:  # AVC sequence header
+            self.video_header = payload
+        if self.bridge is not None:
+            self.bridge.publisher_video(timestamp_ms, payload)
+
+    def publisher_stopped(self, reason: str) -> None:
+        self.event("media", stream="publisher", state="gone", reason=reason)
+
+    # PlaySource: the live-players of this call
+    def player_joined(self, player_id: str) -> None:
+        self.event("media", stream="player", state="connected")
+
+    def player_left(self, player_id: str, reason: str) -> None:
+        self.event("media", stream="player", state="gone", reason=reason)
 
     # -- timers -----------------------------------------------------------------------------------------
     def start_timer(self, delay: float, fn) -> None:
@@ -178,9 +256,18 @@ class CallManager:
     """The call-control methods, the inbound INVITE/MESSAGE handler of the SIP stack, the call table."""
 
     def __init__(
-        self, reactor, stack: SipStack, controller: Controller, config: Config, metrics: Registry
+        self,
+        reactor,
+        stack: SipStack,
+        controller: Controller,
+        config: Config,
+        metrics: Registry,
+        streams: StreamRegistry | None = None,
+        clock: MediaClock | None = None,
     ) -> None:
         self.reactor = reactor
+        self.streams = streams if streams is not None else StreamRegistry(reactor)
+        self.clock = clock if clock is not None else MediaClock(reactor)
         self.stack = stack
         self.controller = controller
         self.config = config
@@ -212,9 +299,24 @@ class CallManager:
         self.m_ended = metrics.counter("mpb2bua_calls_ended_total", "Calls ended, by cause", ("cause",))
         metrics.gauge_fn("mpb2bua_calls", "Live calls by state", self._states, ("state",))
         self.m_setup = metrics.histogram(
-            "mpb2bua_call_setup_seconds", "WS `call` handled to INVITE written to the socket",
-            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+            "mpb2bua_call_setup_seconds",
+            "WS `call` handled to INVITE written to the socket",
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+        )
         self.setup_samples: deque[float] = deque(maxlen=10000)  # seconds, for benchmarks and tests
+        self.m_rtp = metrics.counter(
+            "mpb2bua_rtp_packets_total", "RTP packets of ended calls, by direction", ("direction",)
+        )
+        self.m_media = metrics.counter(
+            "mpb2bua_media_events_total",
+            "Media impairments of ended calls (lost, late, concealed ms…)",
+            ("what",),
+        )
+        metrics.gauge_fn(
+            "mpb2bua_media_clock_late_ticks",
+            "Media ticks run late (all time)",
+            lambda: float(self.clock.late_ticks),
+        )
 
     def _states(self) -> dict[tuple[str, ...], float]:
         out: dict[tuple[str, ...], float] = {}
@@ -231,13 +333,28 @@ class CallManager:
 
     def forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        call.stop_media()
+        self.streams.remove(call.media.push_key)
+        self.streams.remove(call.media.play_key)
         call.media.close()
+
+    def record_media(self, stats) -> None:
+        self.m_rtp.labels("out").inc(stats.rtp_sent)
+        self.m_rtp.labels("in").inc(stats.rtp_received)
+        for what in ("lost", "late", "rtp_bad", "rtp_foreign", "uplink_underruns"):
+            value = getattr(stats, what)
+            if value:
+                self.m_media.labels(what).inc(value)
+
+    def _register_streams(self, call: Call) -> None:
+        self.streams.add(call.media.push_key, "publish", call)
+        call.players = self.streams.add(call.media.play_key, "play", call).group
 
     def session_ended(self, session: Session) -> None:
         for call in self._session_calls(session):
             if call.invite is not None:
                 call.invite.hangup()
-            if call.state != "ended":  # no SIP left to wait for
+            if call.state != "ended":  # a CANCEL/BYE may still be under way: free the media now
                 self.forget(call)
 
     def _new_media(self, video: bool) -> MediaLeg:
@@ -280,6 +397,7 @@ class CallManager:
             raise RpcError("media_unavailable") from None
         call = Call(self, session, "outbound", media, video)
         self.calls[call.id] = call
+        self._register_streams(call)
         call.invite = InviteSession.outgoing(
             self.stack, session.registration, to_uri, media.make_offer(), call, headers
         )
@@ -288,7 +406,7 @@ class CallManager:
         elapsed = time.perf_counter() - started
         self.m_setup.observe(elapsed)
         self.setup_samples.append(elapsed)
-        call.start_timer(self.config.calls.outbound_timeout, call.invite.hangup)
+        call.start_timer(self.config.calls.outbound_timeout, lambda: self._outbound_timeout(call))
         self.m_started.labels("outbound").inc()
         log.info("call {call}: {user} → {to}", call=call.id, user=session.user, to=to_uri)
         return {"call": call.id, "push_url": media.push_url, "play_url": media.play_url}
@@ -350,6 +468,7 @@ class CallManager:
         call.answer_sdp = answer
         call.state = "incoming"
         self.calls[call.id] = call
+        self._register_streams(call)
         self.m_started.labels("inbound").inc()
         caller = _name_addr(request.headers.get("From"))
         callee = _name_addr(request.headers.get("To"))
@@ -368,6 +487,11 @@ class CallManager:
         )
         call.invite.ring()
         call.start_timer(self.config.calls.ring_timeout, lambda: self._ring_timeout(call))
+
+    def _outbound_timeout(self, call: Call) -> None:
+        if call.invite is not None and call.invite.state in ("calling", "early"):
+            call.no_answer = True
+            call.invite.hangup()
 
     def _ring_timeout(self, call: Call) -> None:
         if call.invite is not None and call.invite.state == "incoming":
@@ -407,6 +531,7 @@ class CallManager:
         call._cancel_timer()
         call.invite.answer(call.answer_sdp)
         call.state = "answering"
+        call.start_media()
         return {"call": call.id}
 
     def reject(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
@@ -432,9 +557,18 @@ class CallManager:
         return call
 
     def dtmf(self, client: Client, params: dict[str, Any]) -> Deferred:
-        call = self._active(client, params, frozenset({"call", "digits"}))
+        call = self._active(client, params, frozenset({"call", "digits", "mode"}))
         digits = get_str(params, "digits", max_length=32, pattern=DIGITS_RE).upper()
-        return self._send_digits(call, digits)
+        mode = params.get("mode") or self.config.media.dtmf
+        if mode not in ("auto", "rfc4733", "info"):
+            raise RpcError.invalid_params("mode: auto, rfc4733 or info")
+        rfc4733 = call.bridge is not None and call.bridge.audio.dtmf_payload_type is not None
+        if mode == "rfc4733" and not rfc4733:
+            raise RpcError("bad_state", detail="telephone-event was not negotiated")
+        if mode != "info" and rfc4733:
+            call.bridge.send_dtmf(digits)
+            return {"via": "rfc4733"}
+        return self._send_digits(call, digits).addCallback(lambda _: {"via": "info"})
 
     def _send_digits(self, call: Call, digits: str) -> Deferred:
         d: Deferred = Deferred()
@@ -480,6 +614,8 @@ class CallManager:
             if answer is not None:
                 try:
                     call.media.accept_answer(answer)
+                    if call.bridge is not None:
+                        call.bridge.renegotiated(call.media.negotiated)
                 except MediaNegotiationError as e:
                     log.warn("call {call}: bad answer to our re-INVITE: {e}", call=call.id, e=e)
             call.held = held
@@ -574,6 +710,20 @@ def _name_addr(value: str | None) -> NameAddr | None:
         return None
 
 
+def _parse_body(content_type: str, text: str) -> Any:
+    """JSON bodies arrive parsed; FreeSWITCH's send_info uses freeswitch/data for whatever it carries."""
+    if (
+        content_type == "application/json"
+        or content_type.endswith("+json")
+        or (content_type == "freeswitch/data" and text.lstrip()[:1] in ("{", "["))
+    ):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _ascii(text: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:80]
 
@@ -608,6 +758,12 @@ def _cause(status: int | None, reason_headers: list[str], why: str, by: str) -> 
         return "NORMAL_CLEARING"
     if why in ("timeout", "no ACK", "session timer expired"):
         return "RECOVERY_ON_TIMER_EXPIRE"
+    if why == "no answer":
+        return "NO_ANSWER"
+    if why.startswith("auth"):
+        return "CALL_REJECTED"
+    if why.startswith("bad 2xx"):
+        return "NORMAL_TEMPORARY_FAILURE"
     if status is not None and status >= 300:
         return cause_from_sip_status(status)
     return "NORMAL_CLEARING"

@@ -95,6 +95,10 @@ _DEFAULT_MESSAGES: dict[str, str] = {
     "session_not_found": "No such session (expired or logged out)",
     "shutting_down": "The gateway is shutting down",
     "cancelled": "Cancelled",
+    "call_not_found": "No such call",
+    "bad_state": "Not possible in the call's current state",
+    "too_many_calls": "Too many calls in this session",
+    "media_unavailable": "No media ports available",
 }
 
 _MAX_ID_LENGTH = 128
@@ -274,7 +278,7 @@ def get_str(
         raise RpcError.invalid_params(f"{name} must be a non-empty string")
     if len(value) > max_length:
         raise RpcError.invalid_params(f"{name} is too long (at most {max_length} characters)")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise RpcError.invalid_params(f"{name} has invalid characters")
     return value
 

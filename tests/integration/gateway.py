@@ -38,6 +38,9 @@ def start_gateway(pbx_host: str, pbx_port: int, **overrides) -> Gateway:
     config = Config()
     ws_port, http_port, sip_port = free_port("tcp"), free_port("tcp"), free_port("both")
     config.websocket.listen = f"tcp:{ws_port}:interface=127.0.0.1:backlog=1024"
+    rtmp_port = free_port("tcp")
+    config.rtmp.listen = f"tcp:{rtmp_port}:interface=127.0.0.1"
+    config.rtmp.public_url = f"rtmp://127.0.0.1:{rtmp_port}/mp"
     config.http.listen = f"tcp:{http_port}:interface=127.0.0.1"
     config.sip.listen_host = "127.0.0.1"
     config.sip.listen_port = sip_port

@@ -1,0 +1,435 @@
+"""The media bridge of one call leg: RTMP (live-pusher/live-player) ⇄ RTP toward the PBX.
+
+Uplink: FLV audio tags from the publisher → AAC decode → resample → a shallow PCM FIFO; the
+node's media tick takes 20 ms per call and sends one RTP packet (or an RFC 4733 event).
+Downlink: RTP → jitter buffer; the tick pulls 20 ms (or concealment), decodes, and feeds the
+AAC encoder, whose frames go out as FLV audio tags to every player of the leg.
+Video passes through: AVCC NAL units ⇄ RFC 6184 packets, no transcoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from b2bua.media.jitterbuffer import Frame, Gap, JitterBuffer
+from b2bua.media.transcode import AacDecoder, AacEncoder, PcmFifo, Resampler, RtpAudioDecoder, RtpAudioEncoder
+from b2bua.wire import flv, h264
+from b2bua.wire.dtmf import DtmfReceiver, DtmfSender
+from b2bua.wire.rtcp import (
+    ReportBlock,
+    RtcpFir,
+    RtcpPli,
+    RtcpReceiverReport,
+    RtcpSdes,
+    RtcpSenderReport,
+    ntp_from_unix,
+    ntp_middle32,
+    parse_compound,
+    rtt_seconds,
+    serialize_compound,
+)
+from b2bua.wire.rtp import ReceiverStats, RtpError, RtpPacket, RtpSender, is_rtcp
+from b2bua.wire.sdp import NegotiatedMedia, NegotiatedStream
+
+log = Logger()
+
+UPLINK_TARGET_MS = 40  # PCM kept ready for the tick; the pusher's bursts are absorbed here
+UPLINK_MAX_MS = 80  # beyond this the oldest PCM is dropped: drift never becomes delay
+RTCP_INTERVAL_MS = 5000
+VIDEO_CLOCK = 90000
+MAX_VIDEO_PAYLOAD = 1200
+
+
+@dataclass
+class LegStats:
+    """What the `hangup` event and /metrics report about a leg's media."""
+
+    rtp_sent: int = 0
+    rtp_received: int = 0
+    rtp_bad: int = 0
+    rtp_foreign: int = 0
+    lost: int = 0
+    late: int = 0
+    jitter_ms: float = 0.0
+    rtt_ms: float | None = None
+    uplink_underruns: int = 0
+    uplink_dropped_ms: float = 0.0
+    concealed_ms: float = 0.0
+    video_sent: int = 0
+    video_received: int = 0
+    keyframe_requests: int = 0
+    codec: str | None = None
+    added_delay_ms: float = 0.0  # the buffering we add: uplink FIFO target + jitter buffer target
+    extra: dict = field(default_factory=dict)
+
+    def as_event(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra" and v not in (None, 0, 0.0)}
+        out["jitter_ms"] = round(self.jitter_ms, 1)
+        if self.rtt_ms is not None:
+            out["rtt_ms"] = round(self.rtt_ms, 1)
+        return out
+
+
+class AudioBridge:
+    """Runs while the leg has negotiated media (early media or answered) until it is closed."""
+
+    def __init__(
+        self,
+        media,
+        negotiated: NegotiatedMedia,
+        players,
+        on_dtmf: Callable[[str], None],
+        aac_rate: int = 16000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.media = media  # MediaLeg: sockets
+        self.players = players  # the play key's player group (FLV out), or None in tests
+        self.on_dtmf = on_dtmf
+        self.clock = clock
+        self.stats = LegStats()
+        self.closed = False
+        self._configure(negotiated)
+        self.aac_rate = aac_rate
+        self.aac_encoder = AacEncoder(aac_rate, 1)
+        self._aac_header_sent = False
+        self._dl_resampler: Resampler | None = None
+        # uplink
+        self.aac_decoder: AacDecoder | None = None
+        self._asc: bytes | None = None
+        self.fifo = PcmFifo()
+        self._ul_resampler: Resampler | None = None
+        self._primed = False
+        self.dtmf_sender = DtmfSender(clock_rate=8000)
+        self.dtmf_receiver = DtmfReceiver()
+        # video
+        self._avc_record: flv.AVCDecoderConfigurationRecord | None = None
+        self._video_sender = RtpSender()
+        self._depacketizer = h264.Depacketizer()
+        self._video_header_sent = False
+        self._last_rtcp_ms = 0.0
+        self._sr_sent: dict[int, float] = {}
+        media.audio_rtp.handler = self._rtp_in
+        media.audio_rtcp.handler = self._rtcp_in
+        media.video_rtp.handler = self._video_in
+        media.video_rtcp.handler = self._rtcp_in
+
+    def _configure(self, negotiated: NegotiatedMedia) -> None:
+        audio: NegotiatedStream = negotiated.audio
+        self.audio = audio
+        self.video = negotiated.video
+        self.stats.codec = audio.codec
+        self.encoder = RtpAudioEncoder(audio.codec, channels=audio.channels)
+        self.decoder = RtpAudioDecoder(audio.codec)
+        self.frame_samples = self.encoder.samples_per_frame
+        self.sender = getattr(self, "sender", None) or RtpSender()
+        self.jitter = JitterBuffer(audio.clock_rate, ptime_ms=20)
+        self.receiver_stats = ReceiverStats(audio.clock_rate)
+        self.remote = (audio.remote_addr, audio.remote_port)
+        self.remote_rtcp = (audio.remote_addr, audio.remote_rtcp_port)
+        self.stats.added_delay_ms = UPLINK_TARGET_MS + 40
+
+    def renegotiated(self, negotiated: NegotiatedMedia) -> None:
+        """A re-INVITE/UPDATE changed the codec or the far end's address: keep the RTP stream
+        (same SSRC and sequence), rebuild only what the codec decides."""
+        old = self.audio
+        self._configure(negotiated)
+        if old.codec != self.audio.codec:
+            self._ul_resampler = None
+            self.fifo.clear()
+            self._primed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for sock in (
+            self.media.audio_rtp,
+            self.media.audio_rtcp,
+            self.media.video_rtp,
+            self.media.video_rtcp,
+        ):
+            sock.handler = None
+        js = self.jitter.stats
+        self.stats.lost = js.lost
+        self.stats.late = js.late
+
+    # -- uplink: RTMP publisher → RTP ---------------------------------------------------------------------
+    def publisher_audio(self, timestamp_ms: int, payload: bytes) -> None:
+        try:
+            tag = flv.parse_audio(payload)
+        except flv.FlvError as e:
+            log.debug("bad FLV audio tag: {e}", e=e)
+            return
+        if tag.codec != flv.SOUND_AAC:
+            return
+        if tag.aac_packet_type == 0:
+            if tag.data != self._asc:
+                self._asc = tag.data
+                self.aac_decoder = AacDecoder(tag.data)
+                self._ul_resampler = None
+            return
+        if self.aac_decoder is None:
+            return
+        frames = self.aac_decoder.decode(tag.data)
+        if not frames:
+            return
+        if self._ul_resampler is None:
+            self._ul_resampler = Resampler(self.encoder.sample_rate)
+        self.fifo.put(self._ul_resampler.resample(frames))
+        rate = self.encoder.sample_rate
+        dropped = self.fifo.trim_to(UPLINK_MAX_MS * rate // 1000)
+        if dropped:
+            self.stats.uplink_dropped_ms += dropped * 1000 / rate
+
+    def send_dtmf(self, digits: str) -> None:
+        self.dtmf_sender.send(digits)
+
+    def tick(self, now_ms: float) -> None:
+        """Every 20 ms: one RTP packet up (audio or DTMF event), 20 ms of PCM down to AAC."""
+        if self.closed:
+            return
+        self._tick_up()
+        self._tick_down(now_ms)
+        if now_ms - self._last_rtcp_ms >= RTCP_INTERVAL_MS:
+            self._last_rtcp_ms = now_ms
+            self._send_rtcp(now_ms)
+
+    def _tick_up(self) -> None:
+        audio = self.audio
+        if not audio.sends:
+            return
+        if self.audio.dtmf_payload_type is not None and self.dtmf_sender.busy:
+            # RFC 4733 events run on the 8 kHz clock of telephone-event; audio advances the same span
+            event = self.dtmf_sender.tick(self.sender.timestamp)
+            if event is not None:
+                packet = self.sender.packet(
+                    event.payload,
+                    self.audio.dtmf_payload_type,
+                    self.encoder.timestamp_step,
+                    marker=event.marker,
+                    timestamp=event.timestamp,
+                )
+                self._send(packet)
+                self.fifo.take(self.frame_samples)
+                return
+        samples = self.frame_samples
+        level = self.fifo.level()
+        if not self._primed:
+            if level >= UPLINK_TARGET_MS * self.encoder.sample_rate // 1000:
+                self._primed = True
+            else:
+                pcm = bytes(2 * samples)  # silence until the pusher's audio is buffered
+                self._send(
+                    self.sender.packet(
+                        self.encoder.encode(pcm), audio.payload_type, self.encoder.timestamp_step
+                    )
+                )
+                return
+        if level < samples:
+            self.stats.uplink_underruns += 1
+            if level == 0:
+                self._primed = False
+        pcm = self.fifo.take(samples)
+        self._send(
+            self.sender.packet(self.encoder.encode(pcm), audio.payload_type, self.encoder.timestamp_step)
+        )
+
+    def _send(self, packet: RtpPacket) -> None:
+        self.media.audio_rtp.send(packet.serialize(), self._rtp_target())
+        self.stats.rtp_sent += 1
+
+    def _rtp_target(self) -> tuple[str, int]:
+        # symmetric RTP: once the far end's packets arrive, answer to where they come from
+        return self.media.audio_rtp.remote or self.remote
+
+    # -- downlink: RTP → RTMP players ---------------------------------------------------------------------
+    def _rtp_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        if is_rtcp(data):  # rtcp-mux
+            self._rtcp_in(data, addr)
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.stats.rtp_bad += 1
+            return
+        self.stats.rtp_received += 1
+        now_ms = self.clock() * 1000.0
+        if packet.payload_type == self.audio.dtmf_payload_type:
+            digit = self.dtmf_receiver.receive(packet.payload, packet.timestamp)
+            if digit is not None:
+                self.on_dtmf(digit)
+            return
+        if packet.payload_type != self.audio.payload_type:
+            self.stats.rtp_foreign += 1
+            return
+        self.receiver_stats.update(packet.ssrc, packet.sequence, packet.timestamp, now_ms)
+        self.jitter.put(packet, now_ms)
+
+    def _tick_down(self, now_ms: float) -> None:
+        if not self.audio.receives:
+            return
+        item = self.jitter.get(now_ms)
+        if item is None:
+            return
+        if isinstance(item, Frame):
+            pcm = self.decoder.decode(item.payload)
+        elif isinstance(item, Gap):
+            samples = self.decoder_rate() // 50
+            pcm = self.decoder.conceal(samples)
+            self.stats.concealed_ms += 20
+        else:
+            return
+        self.pcm_to_players(pcm)
+
+    def decoder_rate(self) -> int:
+        return self.encoder.sample_rate  # decoders output at the codec's own sample rate
+
+    def pcm_to_players(self, pcm: bytes) -> None:
+        if self.players is None:
+            return
+        if self._dl_resampler is None:
+            self._dl_resampler = Resampler(self.aac_rate, in_rate=self.decoder_rate())
+        if not self._aac_header_sent:
+            self._aac_header_sent = True
+            self.players.set_audio_header(flv.build_aac_sequence_header(self.aac_rate, 1))
+        for frame in self.aac_encoder.encode(self._dl_resampler.resample(pcm)):
+            self.players.send_audio(frame.pts * 1000 // self.aac_rate, flv.build_aac_raw(frame.data))
+
+    # -- RTCP -----------------------------------------------------------------------------------------------
+    def _send_rtcp(self, now_ms: float) -> None:
+        now = self.clock()
+        ntp = ntp_from_unix(now)
+        packets: list = []
+        reports = []
+        if self.receiver_stats.received:
+            reports.append(self.receiver_stats.report_block(now_ms))
+        if self.stats.rtp_sent:
+            packets.append(
+                RtcpSenderReport(
+                    ssrc=self.sender.ssrc,
+                    ntp_timestamp=ntp,
+                    rtp_timestamp=self.sender.timestamp,
+                    packet_count=self.sender.packets_sent,
+                    octet_count=self.sender.octets_sent,
+                    reports=reports,
+                )
+            )
+            self._sr_sent[ntp_middle32(ntp)] = now
+            if len(self._sr_sent) > 8:
+                self._sr_sent.pop(next(iter(self._sr_sent)))
+        else:
+            packets.append(RtcpReceiverReport(ssrc=self.sender.ssrc, reports=reports))
+        packets.append(RtcpSdes.cname_packet(self.sender.ssrc, "mpb2bua"))
+        target = self.media.audio_rtcp.remote or self.remote_rtcp
+        sock = self.media.audio_rtp if self.audio.rtcp_mux else self.media.audio_rtcp
+        sock.send(serialize_compound(packets), target)
+        self.stats.jitter_ms = self.receiver_stats.jitter * 1000 / self.audio.clock_rate
+
+    def _rtcp_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            packets = parse_compound(data)
+        except ValueError:
+            self.stats.extra["rtcp_bad"] = self.stats.extra.get("rtcp_bad", 0) + 1
+            return
+        for packet in packets:
+            if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
+                if isinstance(packet, RtcpSenderReport):
+                    self.receiver_stats.on_sender_report(packet.ntp_timestamp, self.clock() * 1000.0)
+                for block in packet.reports:
+                    self._on_report_block(block)
+            elif isinstance(packet, RtcpPli | RtcpFir):
+                self.stats.keyframe_requests += 1
+                log.info(
+                    "keyframe requested by the PBX ({kind}): the next keyframe from the pusher will serve it",
+                    kind=type(packet).__name__,
+                )
+
+    def _on_report_block(self, block: ReportBlock) -> None:
+        if block.ssrc != self.sender.ssrc or not block.lsr:
+            return
+        rtt = rtt_seconds(ntp_middle32(ntp_from_unix(self.clock())), block.lsr, block.dlsr)
+        if rtt is not None:
+            self.stats.rtt_ms = rtt * 1000
+
+    # -- video: H.264 passes through ------------------------------------------------------------------------
+    def publisher_video(self, timestamp_ms: int, payload: bytes) -> None:
+        if self.video is None or not self.video.sends:
+            return
+        try:
+            tag = flv.parse_video(payload)
+        except flv.FlvError:
+            return
+        if tag.avc_packet_type == 0:
+            try:
+                self._avc_record = flv.AVCDecoderConfigurationRecord.parse(tag.data)
+            except flv.FlvError:
+                pass
+            return
+        if tag.avc_packet_type != 1 or self._avc_record is None:
+            return
+        try:
+            nalus = flv.split_avcc_nalus(tag.data, self._avc_record.length_size)
+        except flv.FlvError:
+            return
+        if tag.keyframe:  # parameter sets first, so a decoder can start at any keyframe
+            nalus = [*self._avc_record.sps, *self._avc_record.pps, *nalus]
+        ts = (timestamp_ms + tag.composition_time) * (VIDEO_CLOCK // 1000)
+        payloads = h264.packetize(nalus, MAX_VIDEO_PAYLOAD)
+        target = self.media.video_rtp.remote or (self.video.remote_addr, self.video.remote_port)
+        for i, data in enumerate(payloads):
+            packet = self._video_sender.packet(
+                data, self.video.payload_type, 0, marker=i == len(payloads) - 1, timestamp=ts
+            )
+            self.media.video_rtp.send(packet.serialize(), target)
+            self.stats.video_sent += 1
+
+    def _video_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        if is_rtcp(data):
+            self._rtcp_in(data, addr)
+            return
+        if self.video is None:
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.stats.rtp_bad += 1
+            return
+        if packet.payload_type != self.video.payload_type:
+            return
+        self.stats.video_received += 1
+        try:
+            units = self._depacketizer.push(packet.payload, packet.sequence, packet.timestamp, packet.marker)
+        except h264.H264Error:
+            return
+        for unit in units:
+            if not unit.damaged:
+                self._video_to_players(unit)
+
+    def _video_to_players(self, unit) -> None:
+        if self.players is None:
+            return
+        sps = [n for n in unit.nalus if h264.nal_type(n) == 7]
+        pps = [n for n in unit.nalus if h264.nal_type(n) == 8]
+        if sps and pps:
+            record = flv.AVCDecoderConfigurationRecord.from_sps_pps(sps, pps)
+            if record != self._avc_out:
+                self._avc_out = record
+                self.players.set_video_header(flv.build_avc_sequence_header(record))
+        if getattr(self, "_avc_out", None) is None:
+            return  # no parameter sets yet: a player could not decode anything
+        nalus = [n for n in unit.nalus if h264.nal_type(n) not in (7, 8, 9)]
+        if not nalus:
+            return
+        keyframe = h264.is_keyframe(nalus)
+        ts_ms = (unit.timestamp - self._first_video_ts(unit.timestamp)) // (VIDEO_CLOCK // 1000)
+        self.players.send_video(ts_ms, flv.build_avc_nalus(nalus, keyframe), keyframe)
+
+    _avc_out = None
+    _video_ts0: int | None = None
+
+    def _first_video_ts(self, ts: int) -> int:
+        if self._video_ts0 is None:
+            self._video_ts0 = ts
+        return self._video_ts0

@@ -1,0 +1,208 @@
+"""Media through the gateway, proven by what comes out.
+
+ffmpeg plays live-pusher (a 1 kHz tone, AAC 44.1 kHz, over RTMP), sipp answers through Kamailio
+and echoes the RTP, ffmpeg plays live-player (RTMP → WAV). The WAV must hold the tone: 1 kHz ±2%,
+no gap longer than 60 ms once it runs. The round trip is measured at the gateway's own edges: the
+wall time the RTMP message carrying the tone's onset arrived, against the wall time the AAC frame
+carrying it back left toward the player.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import wave
+
+import numpy as np
+import pytest
+import pytest_twisted
+
+from tests.integration.gateway import start_gateway
+from tests.integration.helpers import wait_until
+from tests.media.audio import dominant_frequency, rms_windows
+from tests.peers import require_binary
+from tests.peers.sipp import Sipp
+from tests.peers.wsclient import WsClient
+
+pytestmark = pytest.mark.integration
+TONE_START_S = 2.0  # the publisher sends silence first, so the onset can be found on both sides
+TONE_SECONDS = 5.0
+WAV_RATE = 16000
+
+
+@pytest.fixture
+def gateway(kamailio):
+    require_binary("ffmpeg")
+    require_binary("sipp")
+    gw = start_gateway(kamailio.host, kamailio.port)
+    yield gw
+    gw.stop()
+
+
+def publisher(url: str, log) -> subprocess.Popen:
+    total = TONE_START_S + TONE_SECONDS
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=f=1000:sample_rate=44100:duration={total}",
+            "-af",
+            f"volume=enable='lt(t,{TONE_START_S})':volume=0",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-ar",
+            "44100",
+            "-ac",
+            "1",
+            "-f",
+            "flv",
+            url,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+
+
+def player(url: str, out, seconds: float, log) -> subprocess.Popen:
+    """live-player: records what it receives as it is (FLV), decoded to a WAV afterwards."""
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            url,
+            "-t",
+            str(seconds),
+            "-c",
+            "copy",
+            "-y",
+            str(out),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+
+
+def decode_to_pcm(path) -> np.ndarray:
+    wav = path.with_suffix(".wav")
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-vn",
+            "-ac",
+            "1",
+            "-ar",
+            str(WAV_RATE),
+            "-c:a",
+            "pcm_s16le",
+            "-y",
+            str(wav),
+        ],
+        check=True,
+        timeout=30,
+    )
+    with wave.open(str(wav)) as w:
+        assert w.getframerate() == WAV_RATE
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64) / 32768
+
+
+def onset_ms(pcm: np.ndarray, rate: int, threshold: float = 0.05) -> float:
+    rms = rms_windows(pcm, rate, 10)
+    loud = np.nonzero(rms > threshold)[0]
+    assert len(loud), "no tone at all"
+    return float(loud[0] * 10)
+
+
+def wall_at(log: list[tuple[float, int]], ts_ms: float) -> float:
+    """Wall time at which stream timestamp ``ts_ms`` crossed the gateway (linear between entries)."""
+    walls = np.array([w for w, _ in log])
+    stamps = np.array([t for _, t in log], dtype=float)
+    return float(np.interp(ts_ms, stamps, walls))
+
+
+@pytest_twisted.inlineCallbacks
+def run_round_trip(gateway, kamailio, tmp_path, codec: str):
+    phone = Sipp(
+        tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, codec=codec, timeout=60
+    )
+    phone.start()
+    procs = []
+    try:
+        client = yield WsClient.connect(gateway.ws_url)
+        yield client.request("login", {"user": "1000", "password": "1234"})
+        result = yield client.request("call", {"to": "1500"})
+        answered = yield client.wait_event("answered")
+        assert answered["codec"].lower() == codec.lower()
+        call = gateway.node.calls.calls[result["call"]]
+        uplink: list[tuple[float, int]] = []
+        downlink: list[tuple[float, int]] = []
+        sink_audio = call.audio
+        call.audio = lambda ts, payload: (uplink.append((time.monotonic(), ts)), sink_audio(ts, payload))
+        send_audio = call.players.send_audio
+        group = call.players
+
+        def tap(ts, payload):  # only what the player actually got: from its joining on
+            if group.players:
+                downlink.append((time.monotonic(), ts))
+            send_audio(ts, payload)
+
+        call.players.send_audio = tap
+        log = open(tmp_path / "ffmpeg.log", "wb")
+        heard = tmp_path / "heard.flv"
+        procs.append(player(result["play_url"], heard, TONE_START_S + TONE_SECONDS + 1, log))
+        procs.append(publisher(result["push_url"], log))
+        yield wait_until(
+            lambda: all(p.poll() is not None for p in procs),
+            timeout=40,
+            what="ffmpeg publisher and player to finish",
+        )
+        assert [p.returncode for p in procs] == [0, 0], (tmp_path / "ffmpeg.log").read_text()
+        yield client.request("hangup", {"call": result["call"]})
+        hangup = yield client.wait_event("hangup")
+        pcm = decode_to_pcm(heard)
+        start = onset_ms(pcm, WAV_RATE)
+        tone = pcm[int((start / 1000 + 1.0) * WAV_RATE) : int((start / 1000 + TONE_SECONDS - 0.5) * WAV_RATE)]
+        freq = dominant_frequency(tone, WAV_RATE)
+        rms = rms_windows(tone, WAV_RATE, 20)
+        quiet = rms < 0.2 * float(np.median(rms))
+        longest_gap_ms = max(
+            (len(run) * 20 for run in "".join("1" if q else "0" for q in quiet).split("0")), default=0
+        )
+        # round trip at the gateway: onset in (RTMP ts 2000) → the AAC frame carrying it out
+        first_down_ts = downlink[0][1]
+        rtt_ms = (wall_at(downlink, first_down_ts + start) - wall_at(uplink, TONE_START_S * 1000)) * 1000
+        print(
+            f"\n{codec}: heard {freq:.1f} Hz, longest gap {longest_gap_ms} ms, round trip {rtt_ms:.0f} ms "
+            f"(RTMP in → RTP → sipp echo → RTP → RTMP out); media {hangup.get('media')}"
+        )
+        assert abs(freq - 1000) <= 20, freq
+        assert longest_gap_ms <= 60, longest_gap_ms
+        assert 0 < rtt_ms < 400, rtt_ms
+        yield client.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        phone.stop()
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722", "opus"])
+def test_audio_round_trip_through_an_echoing_phone(gateway, kamailio, tmp_path, codec):
+    return run_round_trip(gateway, kamailio, tmp_path, codec)

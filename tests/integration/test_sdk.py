@@ -1,0 +1,212 @@
+"""The mini-program SDK (sdk/miniprogram/mpb2bua.js) against a real gateway, Kamailio and sipp.
+
+Each case starts Kamailio, a gateway in this process's reactor and the sipp far end it needs,
+then runs one test of ``sdk/miniprogram/test/gateway.test.js`` with ``node --test`` as a child
+process (spawned through the reactor, so the gateway keeps serving while node runs). The node
+side gets the gateway's URL and the far end's user from the environment (``MPB2BUA_WS_URL``,
+``MPB2BUA_SIPP_USER``...); for the inbound case it writes ``inbound.ready`` into
+``MPB2BUA_SIGNAL_DIR`` once logged in, and this side then starts the sipp caller.
+
+``npm ci`` installs the SDK's test dependency (``ws``) when ``node_modules`` is missing. Without
+node/npm the tests skip, except under CI=true where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+
+from tests.integration.gateway import start_gateway
+from tests.integration.helpers import wait_until
+from tests.peers import require_binary
+from tests.peers.sipp import Sipp
+
+pytestmark = pytest.mark.integration
+
+SDK_DIR = Path(__file__).resolve().parents[2] / "sdk" / "miniprogram"
+NODE_TEST_FILE = "test/gateway.test.js"
+NODE_TIMEOUT = 120.0
+USER, PASSWORD, FAR_USER = "1000", "1234", "1500"
+
+
+@pytest.fixture(scope="module")
+def node_sdk():
+    """The node binary, with the SDK's dev dependencies installed."""
+    node = require_binary("node")
+    if not (SDK_DIR / "node_modules" / "ws").is_dir():
+        npm = require_binary("npm")
+        command = "ci" if (SDK_DIR / "package-lock.json").is_file() else "install"
+        done = subprocess.run([npm, command, "--no-audit", "--no-fund"], cwd=SDK_DIR, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"npm {command} failed:\n{done.stdout}\n{done.stderr}"
+    return node
+
+
+@pytest.fixture
+def gateway(kamailio):
+    require_binary("sipp")
+    gw = start_gateway(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000,
+                       calls__ring_timeout=10.0)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def far(kamailio, tmp_path):
+    """Start sipp phones; all are stopped at the end."""
+    started = []
+
+    def start(scenario, user=FAR_USER, **kwargs):
+        phone = Sipp(tmp_path / f"sipp{len(started)}", scenario, kamailio, user=user, **kwargs)
+        started.append(phone)
+        phone.start()
+        return phone
+
+    yield start
+    for phone in started:
+        phone.stop()
+        print(phone.explain())
+
+
+class _NodeProcess(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output: list[bytes] = []
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+        self.exit_code: int | None = None
+        self.finished = False
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.output.append(data)
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802
+        self.output.append(data)
+
+    def processEnded(self, reason) -> None:  # noqa: N802
+        self.finished = True
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(self.exit_code)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.output).decode("utf-8", "replace")
+
+
+def run_node_case(node: str, name: str, gw, signal_dir: Path, timeout: float = NODE_TIMEOUT) -> _NodeProcess:
+    """Start ``node --test`` for the one test called ``name``, without blocking the reactor."""
+    env = dict(os.environ)
+    env.update(
+        MPB2BUA_WS_URL=gw.ws_url,
+        MPB2BUA_USER=USER,
+        MPB2BUA_PASSWORD=PASSWORD,
+        MPB2BUA_SIPP_USER=FAR_USER,
+        MPB2BUA_SIPP_DTMF="5",
+        MPB2BUA_SIGNAL_DIR=str(signal_dir),
+    )
+    args = [node, "--test", "--test-reporter=tap", f"--test-name-pattern=^{name}$", NODE_TEST_FILE]
+    proc = _NodeProcess()
+    transport = reactor.spawnProcess(proc, node, args, env=env, path=str(SDK_DIR))
+
+    def kill() -> None:
+        if not proc.finished:
+            proc.output.append(f"\n[killed after {timeout} s]\n".encode())
+            transport.signalProcess("KILL")
+
+    timer = reactor.callLater(timeout, kill)
+    proc.ended.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+    return proc
+
+
+def check_passed(proc: _NodeProcess, name: str) -> None:
+    text = proc.text
+    assert proc.exit_code == 0, f"node --test exited with {proc.exit_code}:\n{text}"
+    assert re.search(rf"^ok \d+ - {re.escape(name)}$", text, re.M), f"{name!r} did not pass:\n{text}"
+    assert re.search(r"^# pass 1$", text, re.M) and re.search(r"^# fail 0$", text, re.M), text
+
+
+@defer.inlineCallbacks
+def node_case(node, name, gw, tmp_path):
+    proc = run_node_case(node, name, gw, tmp_path)
+    yield proc.ended
+    check_passed(proc, name)
+    return proc
+
+
+@defer.inlineCallbacks
+def exit_code(phone, timeout=20.0):
+    yield wait_until(lambda: phone.poll() is not None, timeout=timeout, what=f"sipp {phone.scenario} to end")
+    return phone.poll()
+
+
+def no_leaks(gw):
+    calls = gw.node.calls.counts()
+    stack = gw.stack.counts()
+    return not (calls["calls"] or calls["rtp_ports"] or stack["dialogs"] or stack["incoming"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_login_ping_logout(node_sdk, gateway, tmp_path):
+    yield node_case(node_sdk, "login, ping and logout", gateway, tmp_path)
+    yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="session ended")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_wrong_password_is_auth_failed(node_sdk, gateway, tmp_path):
+    yield node_case(node_sdk, "wrong password is an Mpb2buaError with reason auth_failed", gateway, tmp_path)
+    assert gateway.controller.sessions.count == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_outbound_call_answered(node_sdk, gateway, far, tmp_path):
+    phone = far("uas_answer.xml")
+    name = "outbound call answered by the far end, then hung up locally"
+    yield node_case(node_sdk, name, gateway, tmp_path)
+    assert (yield exit_code(phone)) == 0, phone.explain()
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_dtmf(node_sdk, gateway, far, tmp_path):
+    phone = far("uas_expect_info_dtmf.xml", variables={"dtmf_digit": "5"})
+    yield node_case(node_sdk, "dtmf during a call goes out and is accepted", gateway, tmp_path)
+    assert (yield exit_code(phone)) == 0, phone.explain()
+    assert "Signal=5" in phone.messages_text()
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_remote_hangup(node_sdk, gateway, far, tmp_path):
+    phone = far("uas_answer_then_bye.xml", variables={"hold_ms": "500"})
+    yield node_case(node_sdk, "remote hangup ends the call with a hangup event", gateway, tmp_path)
+    assert (yield exit_code(phone)) == 0, phone.explain()
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_inbound_call_answered(node_sdk, gateway, far, tmp_path):
+    name = "inbound call is announced and answered"
+    proc = run_node_case(node_sdk, name, gateway, tmp_path)
+    ready = tmp_path / "inbound.ready"
+    yield wait_until(lambda: ready.exists() or proc.finished, timeout=60, what="the SDK to log in")
+    assert ready.exists(), f"node ended before logging in:\n{proc.text}"
+    caller = far("uac_call.xml", register=False, variables={"callee": USER, "hold_ms": "800"})
+    yield proc.ended
+    check_passed(proc, name)
+    assert (yield exit_code(caller)) == 0, caller.explain()
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_dropped_socket_resumed_call_survives(node_sdk, gateway, far, tmp_path):
+    phone = far("uas_answer.xml")
+    yield node_case(node_sdk, "a dropped socket is resumed and the call survives", gateway, tmp_path)
+    # the far end saw one call, answered, then our BYE after the resume: a clean end
+    assert (yield exit_code(phone)) == 0, phone.explain()
+    assert phone.messages_text().count("BYE sip:") >= 1
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+    yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="logged out")

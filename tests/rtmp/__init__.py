@@ -1,0 +1,1 @@
+"""Tests of b2bua.rtmp."""
