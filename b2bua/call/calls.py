@@ -60,7 +60,7 @@ class Call:
         self.session = session
         self.direction = direction
         self.media = media
-        self.video = video
+        self.with_video = video
         self.state = "new"
         self.invite: InviteSession | None = None
         self.answer_sdp: bytes | None = None
@@ -111,7 +111,7 @@ class Call:
         self.state = "active"
         self.start_media()
         self.manager.m_answered.inc()
-        self.event("answered", codec=self.media.codec_name, video=self.video or None)
+        self.event("answered", codec=self.media.codec_name, video=self.with_video or None)
 
     def invite_ended(
         self, session: InviteSession, status: int | None, reason_headers: list[str], by: str, why: str

@@ -111,6 +111,9 @@ class AudioBridge:
         self._depacketizer = h264.Depacketizer()
         self._video_header_sent = False
         self._last_rtcp_ms = 0.0
+        # players get audio and video on one timeline: milliseconds since this bridge started
+        self._t0 = clock()
+        self._audio_base_ms: int | None = None
         self._sr_sent: dict[int, float] = {}
         media.audio_rtp.handler = self._rtp_in
         media.audio_rtcp.handler = self._rtcp_in
@@ -245,7 +248,22 @@ class AudioBridge:
         return self.media.audio_rtp.remote or self.remote
 
     # -- downlink: RTP → RTMP players ---------------------------------------------------------------------
+    def _accept(self, addr: tuple[str, int], host: str) -> bool:
+        """Only the negotiated far end may feed this leg: nobody else can inject or steal media."""
+        if addr[0] != host:
+            self.stats.rtp_foreign += 1
+            return False
+        return True
+
+    @staticmethod
+    def _latch(sock, addr: tuple[str, int]) -> None:
+        """Symmetric RTP (RFC 4961): answer to the port valid RTP really comes from (NAT)."""
+        if sock.remote != addr:
+            sock.remote = addr
+
     def _rtp_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self._accept(addr, self.audio.remote_addr):
+            return
         if is_rtcp(data):  # rtcp-mux
             self._rtcp_in(data, addr)
             return
@@ -256,6 +274,8 @@ class AudioBridge:
             return
         self.stats.rtp_received += 1
         now_ms = self.clock() * 1000.0
+        if packet.payload_type in (self.audio.payload_type, self.audio.dtmf_payload_type):
+            self._latch(self.media.audio_rtp, addr)
         if packet.payload_type == self.audio.dtmf_payload_type:
             digit = self.dtmf_receiver.receive(packet.payload, packet.timestamp)
             if digit is not None:
@@ -294,8 +314,14 @@ class AudioBridge:
         if not self._aac_header_sent:
             self._aac_header_sent = True
             self.players.set_audio_header(flv.build_aac_sequence_header(self.aac_rate, 1))
+        if self._audio_base_ms is None:
+            self._audio_base_ms = self._elapsed_ms()
         for frame in self.aac_encoder.encode(self._dl_resampler.resample(pcm)):
-            self.players.send_audio(frame.pts * 1000 // self.aac_rate, flv.build_aac_raw(frame.data))
+            ts = self._audio_base_ms + frame.pts * 1000 // self.aac_rate
+            self.players.send_audio(ts, flv.build_aac_raw(frame.data))
+
+    def _elapsed_ms(self) -> int:
+        return int((self.clock() - self._t0) * 1000)
 
     # -- RTCP -----------------------------------------------------------------------------------------------
     def _send_rtcp(self, now_ms: float) -> None:
@@ -328,6 +354,11 @@ class AudioBridge:
         self.stats.jitter_ms = self.receiver_stats.jitter * 1000 / self.audio.clock_rate
 
     def _rtcp_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[0] != self.audio.remote_addr:
+            self.stats.rtp_foreign += 1
+            return
+        if self.media.audio_rtcp.remote != addr and not self.audio.rtcp_mux:
+            self.media.audio_rtcp.remote = addr
         try:
             packets = parse_compound(data)
         except ValueError:
@@ -386,10 +417,10 @@ class AudioBridge:
             self.stats.video_sent += 1
 
     def _video_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.video is None or not self._accept(addr, self.video.remote_addr):
+            return
         if is_rtcp(data):
             self._rtcp_in(data, addr)
-            return
-        if self.video is None:
             return
         try:
             packet = RtpPacket.parse(data)
@@ -398,6 +429,7 @@ class AudioBridge:
             return
         if packet.payload_type != self.video.payload_type:
             return
+        self._latch(self.media.video_rtp, addr)
         self.stats.video_received += 1
         try:
             units = self._depacketizer.push(packet.payload, packet.sequence, packet.timestamp, packet.marker)
@@ -423,13 +455,12 @@ class AudioBridge:
         if not nalus:
             return
         keyframe = h264.is_keyframe(nalus)
-        ts_ms = (unit.timestamp - self._first_video_ts(unit.timestamp)) // (VIDEO_CLOCK // 1000)
+        if self._video_ts0 is None:
+            self._video_ts0, self._video_base_ms = unit.timestamp, self._elapsed_ms()
+        delta = (unit.timestamp - self._video_ts0) & 0xFFFFFFFF
+        ts_ms = self._video_base_ms + delta // (VIDEO_CLOCK // 1000)
         self.players.send_video(ts_ms, flv.build_avc_nalus(nalus, keyframe), keyframe)
 
     _avc_out = None
     _video_ts0: int | None = None
-
-    def _first_video_ts(self, ts: int) -> int:
-        if self._video_ts0 is None:
-            self._video_ts0 = ts
-        return self._video_ts0
+    _video_base_ms = 0

@@ -33,7 +33,8 @@ class MediaNegotiationError(Exception):
 
 
 class RtpSocket(DatagramProtocol):
-    """One UDP socket of a leg. Symmetric RTP: we answer to where the far end's packets come from."""
+    """One UDP socket of a leg. ``remote`` is set by the bridge once it accepted a packet from the
+    negotiated far end (symmetric RTP: we answer to the port its packets come from)."""
 
     def __init__(self, leg: MediaLeg, kind: str) -> None:
         self.leg = leg
@@ -46,8 +47,6 @@ class RtpSocket(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
         self.packets += 1
         self.bytes += len(data)
-        if self.remote != addr:
-            self.remote = addr
         if self.handler is not None:
             try:
                 self.handler(data, addr)

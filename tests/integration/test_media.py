@@ -9,16 +9,19 @@ carrying it back left toward the player.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 import wave
 
+import av
 import numpy as np
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.integration.gateway import start_gateway
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import sleep, wait_until
 from tests.media.audio import dominant_frequency, rms_windows
 from tests.peers import require_binary
 from tests.peers.sipp import Sipp
@@ -206,3 +209,196 @@ def run_round_trip(gateway, kamailio, tmp_path, codec: str):
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722", "opus"])
 def test_audio_round_trip_through_an_echoing_phone(gateway, kamailio, tmp_path, codec):
     return run_round_trip(gateway, kamailio, tmp_path, codec)
+
+
+@defer.inlineCallbacks
+def answered_call(gateway, client, to="1500", video=False):
+    yield client.request("login", {"user": "1000", "password": "1234"})
+    result = yield client.request("call", {"to": to, "video": video})
+    yield client.wait_event("answered")
+    return result
+
+
+@pytest.fixture
+def echo_phone(kamailio, tmp_path):
+    phones = []
+
+    def start(scenario="uas_answer.xml"):
+        phone = Sipp(
+            tmp_path / f"sipp{len(phones)}", scenario, kamailio, user="1500", rtp_echo=True, timeout=60
+        )
+        phones.append(phone)
+        return phone.start()
+
+    yield start
+    for phone in phones:
+        phone.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_dtmf_rfc4733_out_and_back(gateway, echo_phone):
+    echo_phone()
+    client = yield WsClient.connect(gateway.ws_url)
+    result = yield answered_call(gateway, client)
+    reply = yield client.request("dtmf", {"call": result["call"], "digits": "19#"})
+    assert reply == {"via": "rfc4733"}
+    # the phone echoes our telephone-event packets: they come back and are decoded as digits
+    digits = []
+    for _ in range(3):
+        event = yield client.wait_event("dtmf", timeout=10)
+        assert event["call"] == result["call"] and event["via"] == "rfc4733"
+        digits.append(event["digits"])
+    assert "".join(digits) == "19#"
+    yield client.request("hangup", {"call": result["call"]})
+    yield client.wait_event("hangup")
+
+
+@pytest_twisted.inlineCallbacks
+def test_garbage_and_foreign_rtp_do_not_disturb_the_call(gateway, echo_phone):
+    echo_phone()
+    client = yield WsClient.connect(gateway.ws_url)
+    result = yield answered_call(gateway, client)
+    call = gateway.node.calls.calls[result["call"]]
+    port = call.media.audio_port
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.2", 0))
+    local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rtp = bytes([0x80, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4]) + b"\xff" * 160
+        for i in range(50):
+            stranger.sendto(rtp, ("127.0.0.1", port))  # well-formed, but not from the far end
+            local.sendto(b"\x00garbage" * (i % 7 + 1), ("127.0.0.1", port))  # from the right host, not RTP
+            local.sendto(b"\x81\xc9\x00\x01junk", ("127.0.0.1", port + 1))  # broken RTCP
+        yield sleep(1.0)
+        stats = call.bridge.stats
+        assert stats.rtp_foreign >= 50 and stats.rtp_bad >= 50
+        # the real far end is still heard and still answered to
+        before = stats.rtp_received
+        yield sleep(0.5)
+        assert stats.rtp_received - before >= 20
+        assert call.media.audio_rtp.remote[0] == "127.0.0.1"
+        assert call.media.audio_rtp.remote[1] != local.getsockname()[1]
+    finally:
+        stranger.close()
+        local.close()
+    yield client.request("hangup", {"call": result["call"]})
+    hangup = yield client.wait_event("hangup")
+    assert hangup["media"]["rtp_foreign"] >= 50
+
+
+@pytest_twisted.inlineCallbacks
+def test_publisher_reconnect_resumes_the_uplink(gateway, echo_phone, tmp_path):
+    echo_phone()
+    client = yield WsClient.connect(gateway.ws_url)
+    result = yield answered_call(gateway, client)
+    log = open(tmp_path / "ffmpeg.log", "wb")
+    for _ in range(2):  # the pusher drops (network change) and comes back on the same URL
+        pub = subprocess.Popen(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=f=1000:sample_rate=44100:duration=2",
+                "-c:a",
+                "aac",
+                "-f",
+                "flv",
+                result["push_url"],
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        yield wait_until(lambda p=pub: p.poll() is not None, timeout=20, what="publisher")
+        assert pub.returncode == 0, (tmp_path / "ffmpeg.log").read_text()
+    states = [(p["stream"], p["state"]) for n, p in client.events if n == "media"]
+    assert states.count(("publisher", "connected")) == 2 and states.count(("publisher", "gone")) == 2
+    assert "hangup" not in [n for n, _ in client.events]
+    yield client.request("hangup", {"call": result["call"]})
+    yield client.wait_event("hangup")
+
+
+@pytest_twisted.inlineCallbacks
+def test_h264_video_passes_through_both_ways(gateway, echo_phone, tmp_path):
+    echo_phone("uas_answer_video.xml")
+    client = yield WsClient.connect(gateway.ws_url)
+    result = yield answered_call(gateway, client, video=True)
+    call = gateway.node.calls.calls[result["call"]]
+    assert call.media.negotiated.video is not None and call.media.negotiated.video.codec == "H264"
+    log = open(tmp_path / "ffmpeg.log", "wb")
+    heard = tmp_path / "seen.flv"
+    play = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            result["play_url"],
+            "-t",
+            "6",
+            "-c",
+            "copy",
+            "-y",
+            str(heard),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    pub = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=15",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=1000:sample_rate=44100",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "15",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-f",
+            "flv",
+            result["push_url"],
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    yield wait_until(lambda: pub.poll() is not None and play.poll() is not None, timeout=40, what="ffmpeg")
+    assert pub.returncode == 0 and play.returncode == 0, (tmp_path / "ffmpeg.log").read_text()
+    stats = call.bridge.stats
+    # what went to the phone as RFC 6184 came back byte for byte (sipp echoes it) and was rebuilt
+    assert stats.video_sent > 50 and stats.video_received > 50
+    frames = 0
+    with av.open(str(heard)) as container:
+        for frame in container.decode(video=0):
+            assert frame.width == 320 and frame.height == 240
+            frames += 1
+    print(
+        f"\nvideo: {stats.video_sent} RTP packets out, {stats.video_received} back, {frames} frames decoded"
+    )
+    assert frames >= 30
+    yield client.request("hangup", {"call": result["call"]})
+    yield client.wait_event("hangup")

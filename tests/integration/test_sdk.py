@@ -22,6 +22,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
+from b2bua.config import Config
 from tests.integration.gateway import start_gateway
 from tests.integration.helpers import wait_until
 from tests.peers import require_binary
@@ -51,8 +52,10 @@ def node_sdk():
 @pytest.fixture
 def gateway(kamailio):
     require_binary("sipp")
-    gw = start_gateway(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000,
-                       calls__ring_timeout=10.0)
+    overrides = {"websocket__login_attempts_per_minute": 100_000, "calls__ring_timeout": 10.0}
+    if hasattr(Config().media, "dtmf"):  # uas_expect_info_dtmf.xml wants SIP INFO, not RFC 4733
+        overrides["media__dtmf"] = "info"
+    gw = start_gateway(kamailio.host, kamailio.port, **overrides)
     yield gw
     gw.stop()
 
@@ -108,7 +111,8 @@ def run_node_case(node: str, name: str, gw, signal_dir: Path, timeout: float = N
         MPB2BUA_SIPP_DTMF="5",
         MPB2BUA_SIGNAL_DIR=str(signal_dir),
     )
-    args = [node, "--test", "--test-reporter=tap", f"--test-name-pattern=^{name}$", NODE_TEST_FILE]
+    args = [node, "--test", "--test-force-exit", "--test-reporter=tap", f"--test-name-pattern=^{name}$",
+            NODE_TEST_FILE]
     proc = _NodeProcess()
     transport = reactor.spawnProcess(proc, node, args, env=env, path=str(SDK_DIR))
 

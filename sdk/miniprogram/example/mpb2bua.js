@@ -395,10 +395,13 @@ class Mpb2buaClient extends Emitter {
    * Send DTMF digits (`0-9 * # A-D`, up to 32) on an answered call.
    * @param {string|{call:string}} call
    * @param {string} digits
-   * @returns {Promise<{}>} resolves when the PBX took every digit
+   * @param {{mode?:'auto'|'rfc4733'|'info'}} [options] how to send them (gateways that support it:
+   *   RFC 4733 telephone-events in the RTP stream, or SIP INFO; default: the gateway's `media.dtmf`)
+   * @returns {Promise<{via?:string}>} resolves when the digits are sent (`via`: how, on newer gateways)
    */
-  dtmf(call, digits) {
-    return this.request('dtmf', { call: callId(call), digits: String(digits) });
+  dtmf(call, digits, options) {
+    const mode = options && options.mode;
+    return this.request('dtmf', dropUndefined({ call: callId(call), digits: String(digits), mode }));
   }
 
   /**

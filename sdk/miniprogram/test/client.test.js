@@ -142,6 +142,7 @@ test('call-control methods map to the protocol methods and params', async () => 
     [() => client.reject('cA'), 'reject', { call: 'cA' }],
     [() => client.hangup('cA'), 'hangup', { call: 'cA' }],
     [() => client.dtmf('cA', 123), 'dtmf', { call: 'cA', digits: '123' }],
+    [() => client.dtmf('cA', '#', { mode: 'info' }), 'dtmf', { call: 'cA', digits: '#', mode: 'info' }],
     [() => client.hold('cA'), 'hold', { call: 'cA' }],
     [() => client.unhold('cA'), 'unhold', { call: 'cA' }],
     [() => client.transfer('cA', '9196'), 'transfer', { call: 'cA', to: '9196' }],

@@ -57,12 +57,18 @@ function recorder(client) {
   };
 }
 
+const clients = [];
+test.afterEach(() => {
+  for (const client of clients.splice(0)) client.close(); // a failed case must not keep node alive
+});
+
 async function start(options = {}) {
   const wx = createWx();
   const client = new Mpb2buaClient(Object.assign({
     url: URL, wx, requestTimeout: 10000, pingInterval: 5000,
     reconnect: { baseDelay: 200, maxDelay: 2000, maxAttempts: 6, jitter: 0.2 },
   }, options));
+  clients.push(client);
   const events = recorder(client);
   await client.connect();
   return { wx, client, events };
@@ -133,7 +139,10 @@ test('dtmf during a call goes out and is accepted', { skip }, async () => {
   const { call } = await client.call(FAR);
   await events.next('answered');
   await assert.rejects(client.dtmf(call, '12x'), (err) => err.reason === 'bad_request');
-  assert.deepEqual(await client.dtmf(call, DIGIT), {});
+  // the far end expects SIP INFO: test_sdk.py sets the gateway's media.dtmf to "info" where it exists;
+  // gateways before that setting answer {}, newer ones say how the digits went
+  const sent = await client.dtmf(call, DIGIT);
+  assert.ok(sent.via === undefined || sent.via === 'info', JSON.stringify(sent));
   await client.hangup(call);
   assert.equal((await events.next('hangup')).by, 'local');
   client.close();

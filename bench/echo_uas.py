@@ -1,0 +1,215 @@
+"""A far-end phone for the benchmarks: SIP UAS that answers every INVITE at once (PCMU) and
+echoes RTP, recording each packet's arrival time, so RTP loss and lateness against the 20 ms
+grid are measured where the packets land.
+
+    python bench/echo_uas.py            # prints {"sip_port", "rtp_port"} then reads commands
+
+One process, one thread, ``selectors`` over: the SIP UDP socket, one RTP socket shared by
+every call (streams are told apart by their source address: each gateway call leg has its own
+RTP port), the RTCP socket (drained), and stdin. Commands on stdin, one per line:
+``reset`` (start a measurement window), ``stats PATH`` (write per-stream figures of the window
+as JSON, print ``ok``), ``quit``.
+
+Why not ``sipp -rtp_echo``: sipp echoes but records no arrival times, so lateness could not be
+measured at the receiver; it also runs all echo through one thread per media port, whose cost
+we could not separate. This UAS costs about 10 µs of CPU per echoed packet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import sys
+import time
+from array import array
+
+HOST = "127.0.0.1"
+PTIME = 0.020
+LATE_MS = 5.0
+
+
+def _headers(msg: str) -> tuple[str, list[tuple[str, str]]]:
+    head = msg.split("\r\n\r\n", 1)[0]
+    lines = head.split("\r\n")
+    out = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        out.append((name.strip(), value.strip()))
+    return lines[0], out
+
+
+COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length"}
+
+
+def hget(headers, name: str) -> list[str]:
+    return [v for n, v in headers if COMPACT.get(n.lower(), n.lower()) == name]
+
+
+class EchoUas:
+    def __init__(self) -> None:
+        self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sip.bind((HOST, 0))
+        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        for port in range(31000, 40000, 2):
+            try:
+                self.rtp.bind((HOST, port))
+                self.rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self.rtcp.bind((HOST, port + 1))
+                break
+            except OSError:
+                continue
+        self.sip_port = self.sip.getsockname()[1]
+        self.rtp_port = self.rtp.getsockname()[1]
+        self.answered: dict[str, bytes] = {}
+        self.invites = self.byes = 0
+        self.reset()
+
+    def reset(self) -> None:
+        # per source: arrival times and sequence numbers of the window
+        self.t: dict[tuple, array] = {}
+        self.seq: dict[tuple, array] = {}
+        self.window_start = time.monotonic()
+
+    # -- SIP ----------------------------------------------------------------------------------------
+    def on_sip(self, data: bytes, addr) -> None:
+        msg = data.decode(errors="replace")
+        start, headers = _headers(msg)
+        if start.startswith("SIP/2.0"):
+            return
+        method = start.split(" ", 1)[0]
+        if method == "ACK":
+            return
+        call_id = (hget(headers, "call-id") or [""])[0]
+        if method == "INVITE":
+            if call_id in self.answered:
+                self.sip.sendto(self.answered[call_id], addr)
+                return
+            self.invites += 1
+            sdp = (
+                "v=0\r\no=echo 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                f"m=audio {self.rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+                "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+            )
+            resp = self.response(headers, "200 OK", totag=True, body=sdp, rr=True)
+            if len(self.answered) > 20000:
+                self.answered.clear()
+            self.answered[call_id] = resp
+            self.sip.sendto(resp, addr)
+        else:
+            if method == "BYE":
+                self.byes += 1
+                self.answered.pop(call_id, None)
+            self.sip.sendto(self.response(headers, "200 OK"), addr)
+
+    def response(self, headers, status: str, totag: bool = False, body: str = "", rr: bool = False) -> bytes:
+        lines = [f"SIP/2.0 {status}"]
+        lines += [f"Via: {v}" for v in hget(headers, "via")]
+        if rr:
+            lines += [f"Record-Route: {v}" for v in hget(headers, "record-route")]
+        lines.append(f"From: {hget(headers, 'from')[0]}")
+        to = hget(headers, "to")[0]
+        if totag and ";tag=" not in to:
+            to += ";tag=echo" + os.urandom(4).hex()
+        lines.append(f"To: {to}")
+        lines.append(f"Call-ID: {hget(headers, 'call-id')[0]}")
+        lines.append(f"CSeq: {hget(headers, 'cseq')[0]}")
+        lines.append(f"Contact: <sip:echo@{HOST}:{self.sip_port}>")
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body.encode())}")
+        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+    # -- RTP ----------------------------------------------------------------------------------------
+    def on_rtp(self) -> None:
+        rtp, t_of, seq_of = self.rtp, self.t, self.seq
+        for _ in range(64):
+            try:
+                data, addr = rtp.recvfrom(2048)
+            except BlockingIOError:
+                return
+            now = time.monotonic()
+            rtp.sendto(data, addr)
+            ta = t_of.get(addr)
+            if ta is None:
+                ta = t_of[addr] = array("d")
+                seq_of[addr] = array("l")
+            ta.append(now)
+            seq_of[addr].append((data[2] << 8) | data[3])
+
+    def stats(self) -> dict:
+        streams = []
+        for addr, ta in self.t.items():
+            seqs = self.seq[addr]
+            if len(ta) < 10:
+                continue
+            # unwrap sequence numbers; loss = expected - received over the window
+            unwrapped, base, prev = [], 0, seqs[0]
+            for s in seqs:
+                if s < prev - 30000:
+                    base += 65536
+                prev = s
+                unwrapped.append(s + base)
+            s0 = unwrapped[0]
+            expected = max(unwrapped) - s0 + 1
+            offsets = [t - PTIME * (s - s0) for t, s in zip(ta, unwrapped)]
+            ref = min(offsets)
+            lateness = sorted((o - ref) * 1000 for o in offsets)
+            streams.append({
+                "addr": f"{addr[0]}:{addr[1]}", "received": len(ta), "expected": expected,
+                "lost": expected - len(set(unwrapped)), "late": sum(1 for x in lateness if x > LATE_MS),
+                "max_late_ms": lateness[-1], "p99_late_ms": lateness[int(0.99 * (len(lateness) - 1))],
+            })
+        return {"window_s": time.monotonic() - self.window_start, "streams": streams,
+                "invites": self.invites, "byes": self.byes}
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        for s in (self.sip, self.rtp, self.rtcp):
+            s.setblocking(False)
+        sel.register(self.sip, selectors.EVENT_READ, "sip")
+        sel.register(self.rtp, selectors.EVENT_READ, "rtp")
+        sel.register(self.rtcp, selectors.EVENT_READ, "rtcp")
+        sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
+        print(json.dumps({"sip_port": self.sip_port, "rtp_port": self.rtp_port, "pid": os.getpid()}), flush=True)
+        stdin_buf = b""
+        while True:
+            for key, _ in sel.select(1.0):
+                what = key.data
+                if what == "rtp":
+                    self.on_rtp()
+                elif what == "sip":
+                    for _ in range(64):
+                        try:
+                            data, addr = self.sip.recvfrom(65535)
+                        except BlockingIOError:
+                            break
+                        self.on_sip(data, addr)
+                elif what == "rtcp":
+                    try:
+                        self.rtcp.recvfrom(2048)
+                    except BlockingIOError:
+                        pass
+                else:
+                    chunk = os.read(sys.stdin.fileno(), 4096)
+                    if not chunk:
+                        return
+                    stdin_buf += chunk
+                    while b"\n" in stdin_buf:
+                        line, stdin_buf = stdin_buf.split(b"\n", 1)
+                        cmd, _, arg = line.decode().strip().partition(" ")
+                        if cmd == "reset":
+                            self.reset()
+                        elif cmd == "stats":
+                            with open(arg, "w") as f:
+                                json.dump(self.stats(), f)
+                            print("ok", flush=True)
+                        elif cmd == "quit":
+                            return
+
+
+if __name__ == "__main__":
+    EchoUas().run()

@@ -1,0 +1,150 @@
+"""Latency instrumentation of the media bridge, by monkeypatching (no change to b2bua/).
+
+Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buffers of
+``b2bua.media.bridge.AudioBridge`` and records, with ``time.perf_counter``:
+
+- uplink, per RTMP audio message: from the call of ``AudioBridge.publisher_audio`` (made from
+  the RTMP protocol's ``dataReceived``, i.e. at the socket read, after the chunk parser) until
+  the RTP packet carrying the message's *last* PCM sample has been written
+  (``AudioBridge._tick_up`` returned; ``_send`` is a synchronous ``sendto``). Samples are
+  counted through ``PcmFifo`` by its level before/after each call, FIFO trims included.
+- downlink, per RTP packet: from ``AudioBridge._rtp_in`` (the UDP socket's
+  ``datagramReceived``) until the FLV tag of the AAC frame holding the packet's last sample has
+  been written to the player (``PlayerGroup.send_audio`` returned). The AAC encoder holds one
+  frame of look-ahead (``AacEncoder.delay`` = 1024): output frame k covers input samples
+  [(k-1)·1024, k·1024).
+- downlink_first: per AAC frame, from the arrival of the RTP packet holding the frame's *first*
+  sample to the frame's write: the worst sample of each frame (framing wait included).
+
+Hook points used: publisher_audio, _tick_up, _rtp_in, pcm_to_players (AudioBridge),
+JitterBuffer.get, PlayerGroup.send_audio. All exist as methods, so no gateway change is needed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from time import perf_counter
+
+from b2bua.media import bridge as bridge_mod
+from b2bua.media.jitterbuffer import Frame, JitterBuffer
+from b2bua.rtmp.streams import PlayerGroup
+
+AAC = 1024
+_U32 = struct.Struct(">I")
+
+uplink_ms: list[float] = []
+downlink_ms: list[float] = []
+downlink_first_ms: list[float] = []
+_current = {"item": None, "bridge": None}
+
+
+def take() -> dict:
+    global uplink_ms, downlink_ms, downlink_first_ms
+    out = {"uplink_ms": uplink_ms, "downlink_ms": downlink_ms, "downlink_first_ms": downlink_first_ms}
+    uplink_ms, downlink_ms, downlink_first_ms = [], [], []
+    return out
+
+
+def _state(b) -> dict:
+    st = b.__dict__.get("_bench")
+    if st is None:
+        st = b._bench = {
+            "up_q": deque(), "up_put": 0, "up_removed": 0,
+            "arr": {}, "arr_q": deque(),
+            "dl_q": deque(), "dl_in": 0,
+        }
+    return st
+
+
+def install() -> None:
+    AB = bridge_mod.AudioBridge
+    orig_pub, orig_up, orig_rtp_in = AB.publisher_audio, AB._tick_up, AB._rtp_in
+    orig_pcm, orig_get, orig_send = AB.pcm_to_players, JitterBuffer.get, PlayerGroup.send_audio
+
+    def publisher_audio(self, timestamp_ms, payload):
+        t = perf_counter()
+        st = _state(self)
+        fifo = self.fifo
+        level0 = fifo.level()
+        dropped0 = self.stats.uplink_dropped_ms
+        orig_pub(self, timestamp_ms, payload)
+        dropped = round((self.stats.uplink_dropped_ms - dropped0) * self.encoder.sample_rate / 1000)
+        put = fifo.level() - level0 + dropped
+        if put > 0:
+            st["up_put"] += put
+            st["up_q"].append((st["up_put"], t))
+        if dropped:
+            _consume_up(st, dropped, None)
+
+    def _consume_up(st, n, now):
+        st["up_removed"] += n
+        q, removed = st["up_q"], st["up_removed"]
+        while q and q[0][0] <= removed:
+            _, t_arr = q.popleft()
+            if now is not None:
+                uplink_ms.append((now - t_arr) * 1000)
+
+    def _tick_up(self):
+        fifo = self.fifo
+        level0 = fifo.level()
+        orig_up(self)
+        taken = level0 - fifo.level()
+        if taken > 0:
+            _consume_up(_state(self), taken, perf_counter())
+
+    def _rtp_in(self, data, addr):
+        t = perf_counter()
+        if len(data) >= 12:
+            st = _state(self)
+            ts = _U32.unpack_from(data, 4)[0]
+            st["arr"][ts] = t
+            st["arr_q"].append(ts)
+            if len(st["arr_q"]) > 500:
+                st["arr"].pop(st["arr_q"].popleft(), None)
+        orig_rtp_in(self, data, addr)
+
+    def get(self, now_ms):
+        item = orig_get(self, now_ms)
+        _current["item"] = item
+        return item
+
+    def pcm_to_players(self, pcm):
+        st = _state(self)
+        item, _current["item"] = _current["item"], None
+        t_arr = st["arr"].get(item.timestamp) if isinstance(item, Frame) else None
+        n = len(pcm) // 2 * self.aac_rate // self.decoder_rate()
+        st["dl_in"] += n
+        st["dl_q"].append((st["dl_in"] - n, st["dl_in"], t_arr))
+        _current["bridge"] = self
+        try:
+            orig_pcm(self, pcm)
+        finally:
+            _current["bridge"] = None
+
+    def send_audio(self, timestamp_ms, payload):
+        orig_send(self, timestamp_ms, payload)
+        b = _current["bridge"]
+        if b is None or len(payload) < 2 or payload[1] == 0:
+            return
+        now = perf_counter()
+        st = _state(b)
+        k = round(timestamp_ms * b.aac_rate / 1000 / AAC)
+        start, end = (k - 1) * AAC, k * AAC
+        q = st["dl_q"]
+        for s0, s1, t_arr in q:  # first sample of the frame
+            if s0 <= start < s1:
+                if t_arr is not None:
+                    downlink_first_ms.append((now - t_arr) * 1000)
+                break
+        while q and q[0][1] <= end:
+            _, _, t_arr = q.popleft()
+            if t_arr is not None:
+                downlink_ms.append((now - t_arr) * 1000)
+
+    AB.publisher_audio = publisher_audio
+    AB._tick_up = _tick_up
+    AB._rtp_in = _rtp_in
+    AB.pcm_to_players = pcm_to_players
+    JitterBuffer.get = get
+    PlayerGroup.send_audio = send_audio
