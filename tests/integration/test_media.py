@@ -24,7 +24,7 @@ from tests.integration.gateway import start_gateway
 from tests.integration.helpers import sleep, wait_until
 from tests.media.audio import dominant_frequency, rms_windows
 from tests.peers import require_binary
-from tests.peers.sipp import Sipp
+from tests.peers.sipp import SCENARIO_DIR, Sipp
 from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
@@ -402,3 +402,76 @@ def test_h264_video_passes_through_both_ways(gateway, echo_phone, tmp_path):
     assert frames >= 30
     yield client.request("hangup", {"call": result["call"]})
     yield client.wait_event("hangup")
+
+
+@pytest_twisted.inlineCallbacks
+def test_far_end_tone_plays_in_live_player(gateway, kamailio, tmp_path):
+    """The other way: a phone calls the mini-program user and plays a tone (PCMU RTP from a WAV)."""
+    require_binary("sox")
+    tone = tmp_path / "tone.wav"
+    subprocess.run(
+        [
+            "sox",
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            "u-law",
+            str(tone),
+            "synth",
+            "8",
+            "sine",
+            "1000",
+            "vol",
+            "0.5",
+        ],
+        check=True,
+        timeout=30,
+    )
+    scenario = (
+        (SCENARIO_DIR / "uac_call.xml")
+        .read_text()
+        .replace(
+            '  <pause variable="hold"/>',
+            f'  <nop><action><exec rtp_stream="{tone},-1,0"/></action></nop>\n  <pause variable="hold"/>',
+            1,
+        )
+    )
+    assert "rtp_stream" in scenario
+    (tmp_path / "uac_call_play_tone.xml").write_text(scenario)
+    client = yield WsClient.connect(gateway.ws_url)
+    yield client.request("login", {"user": "1000", "password": "1234"})
+    caller = Sipp(
+        tmp_path / "caller",
+        tmp_path / "uac_call_play_tone.xml",
+        kamailio,
+        user="1500",
+        register=False,
+        variables={"callee": "1000", "hold_ms": "6000"},
+        timeout=60,
+    )
+    caller.start()
+    try:
+        incoming = yield client.wait_event("incoming")
+        log = open(tmp_path / "ffmpeg.log", "wb")
+        heard = tmp_path / "heard.flv"
+        play = player(incoming["play_url"], heard, 4, log)
+        yield client.request("answer", {"call": incoming["call"]})
+        yield client.wait_event("answered")
+        yield wait_until(lambda: play.poll() is not None, timeout=30, what="the player")
+        assert play.returncode == 0, (tmp_path / "ffmpeg.log").read_text()
+        pcm = decode_to_pcm(heard)
+        start = onset_ms(pcm, WAV_RATE)
+        tone_pcm = pcm[int((start / 1000 + 0.5) * WAV_RATE) :]
+        assert len(tone_pcm) > WAV_RATE  # more than a second of it
+        freq = dominant_frequency(tone_pcm, WAV_RATE)
+        print(f"\nfar-end tone heard in live-player: {freq:.1f} Hz")
+        assert abs(freq - 1000) <= 20
+        hangup = yield client.wait_event("hangup", timeout=20)
+        assert hangup["by"] == "remote"
+        assert (yield wait_until(lambda: caller.poll() is not None, timeout=15, what="sipp")) is not None
+        assert caller.poll() == 0, caller.explain()
+    finally:
+        caller.stop()
