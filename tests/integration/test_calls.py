@@ -407,3 +407,16 @@ def test_send_info_with_a_json_body(gateway, far):
     assert (yield exit_code(phone)) == 0, phone.explain()
     messages = phone.messages_text()
     assert "Content-Type: application/json" in messages and '{"intent":"balance"}' in messages
+
+
+@pytest_twisted.inlineCallbacks
+def test_dtmf_from_the_far_end_as_info_becomes_a_dtmf_event(gateway, far):
+    client = yield logged_in(gateway)
+    caller = far("uac_call_send_info_dtmf.xml", register=False,
+                 variables={"callee": "1000", "hold_ms": "300", "dtmf_digit": "7"})
+    incoming = yield client.wait_event("incoming")
+    yield client.request("answer", {"call": incoming["call"]})
+    event = yield client.wait_event("dtmf")
+    assert event == {"call": incoming["call"], "digits": "7", "via": "info"}
+    yield client.wait_event("hangup")
+    assert (yield exit_code(caller)) == 0, caller.explain()

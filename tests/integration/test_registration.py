@@ -191,3 +191,36 @@ def test_thousand_users_register_concurrently_then_all_leave(kamailio, gateway_f
     yield wait_until(lambda: not any(gw.stack.transactions.count().values()), timeout=8,
                      what="all SIP transactions ended")
     yield defer.gatherResults([c.close() for c in clients], consumeErrors=True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_login_flood_and_bad_frames_leave_other_users_alone(kamailio, gateway_factory):
+    gw = gateway_factory(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=10)
+    alice = yield WsClient.connect(gw.ws_url)
+    yield alice.request("login", {"user": "1000", "password": "1234"})
+    flooder = yield WsClient.connect(gw.ws_url)
+    reasons = []
+    for _ in range(30):
+        try:
+            yield flooder.request("login", {"user": "1001", "password": "wrong"})
+        except RpcError as e:
+            reasons.append(e.reason)
+    # the first attempts reach the PBX (and fail there), then the address is throttled
+    assert reasons[0] == "auth_failed" and reasons[-1] == "rate_limited"
+    assert reasons.count("rate_limited") >= 15
+    # malformed, oversized and unknown requests each get their answer on their own socket
+    junk = yield WsClient.connect(gw.ws_url)
+    junk.send_raw("{not json")
+    junk.send_raw('{"jsonrpc":"2.0","id":7,"method":"no_such_method"}')
+    junk.send_raw('{"jsonrpc":"2.0","id":8,"method":"call","params":{"to":"1"}}')
+    yield wait_until(lambda: len(junk.raw) >= 3, timeout=5, what="three error answers")
+    codes = sorted(m["error"]["code"] for m in junk.raw)
+    assert codes == [-32700, -32601, -32001]  # parse error, no such method, not logged in
+    junk.send_raw("x" * 70000)  # beyond max_message_size
+    yield wait_until(lambda: junk.close_code is not None, timeout=5, what="the oversized frame to close")
+    assert junk.close_code == 1009
+    # alice never noticed
+    pong = yield alice.request("ping")
+    assert "pong" in pong
+    assert list(kamailio.registrations()) == ["1000"]
+    yield alice.close()
