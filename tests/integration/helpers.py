@@ -23,3 +23,17 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         yield sleep(interval)
+
+
+@defer.inlineCallbacks
+def exit_code(phone, timeout: float = 20.0):
+    """A sipp's exit code, waited for without blocking the reactor (the gateway runs in it)."""
+    yield wait_until(lambda: phone.poll() is not None, timeout=timeout, what=f"sipp {phone.scenario} to end")
+    return phone.poll()
+
+
+def no_leaks(gw) -> bool:
+    """No call, RTP port, dialog or unanswered INVITE left in the gateway."""
+    calls = gw.node.calls.counts()
+    stack = gw.stack.counts()
+    return not (calls["calls"] or calls["rtp_ports"] or stack["dialogs"] or stack["incoming"])

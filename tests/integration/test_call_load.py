@@ -26,8 +26,11 @@ def test_500_calls_leave_no_calls_dialogs_ports_or_timers(gateway, phone):
     if True:
         client = yield WsClient.connect(gw.ws_url)
         yield client.request("login", {"user": "1000", "password": "1234"})
-        yield wait_until(lambda: not any(gw.stack.transactions.count().values()), timeout=10,
-                         what="login transactions to end")
+        yield wait_until(
+            lambda: not any(gw.stack.transactions.count().values()),
+            timeout=10,
+            what="login transactions to end",
+        )
         baseline_timers = len(reactor.getDelayedCalls())
         baseline_ports = gw.node.calls.counts()["rtp_ports"]
         started = time.monotonic()
@@ -53,18 +56,26 @@ def test_500_calls_leave_no_calls_dialogs_ports_or_timers(gateway, phone):
         assert stack["dialogs"] == 0 and stack["incoming"] == 0
         # client transactions linger for Timers K (T4 = 5 s), M (64*T1) and D (32 s after the 407s of
         # the first INVITEs, RFC 3261 §17.1.1.2), then all are gone
-        yield wait_until(lambda: not any(gw.stack.transactions.count().values()), timeout=40,
-                         what="SIP transactions to end")
-        yield wait_until(lambda: len(reactor.getDelayedCalls()) <= baseline_timers, timeout=5,
-                         what=f"timers back to {baseline_timers}")
+        yield wait_until(
+            lambda: not any(gw.stack.transactions.count().values()),
+            timeout=40,
+            what="SIP transactions to end",
+        )
+        yield wait_until(
+            lambda: len(reactor.getDelayedCalls()) <= baseline_timers,
+            timeout=5,
+            what=f"timers back to {baseline_timers}",
+        )
         samples = sorted(gw.node.calls.setup_samples)
         p50 = statistics.median(samples) * 1000
         p99 = samples[int(len(samples) * 0.99) - 1] * 1000
-        print(f"\n{CALLS} calls in {elapsed:.1f} s ({CALLS / elapsed:.0f} calls/s, {BATCH} at a time); "
-              f"WS call -> INVITE written: p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
-              f"left: calls {counts['calls']}, dialogs {stack['dialogs']}, "
-              f"transactions {sum(gw.stack.transactions.count().values())}, "
-              f"timers {len(reactor.getDelayedCalls()) - baseline_timers}")
+        print(
+            f"\n{CALLS} calls in {elapsed:.1f} s ({CALLS / elapsed:.0f} calls/s, {BATCH} at a time); "
+            f"WS call -> INVITE written: p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+            f"left: calls {counts['calls']}, dialogs {stack['dialogs']}, "
+            f"transactions {sum(gw.stack.transactions.count().values())}, "
+            f"timers {len(reactor.getDelayedCalls()) - baseline_timers}"
+        )
         assert len(samples) == CALLS
         yield client.close()
 
@@ -87,8 +98,9 @@ def phone(kamailio, tmp_path):
 
 def wait_event_for(client: WsClient, name: str, call: str, timeout: float = 30.0) -> defer.Deferred:
     """The event ``name`` of this call (events of other calls stay queued for their waiters)."""
-    return wait_until(lambda: _take(client, name, call), timeout=timeout, interval=0.01,
-                      what=f"{name} of {call}")
+    return wait_until(
+        lambda: _take(client, name, call), timeout=timeout, interval=0.01, what=f"{name} of {call}"
+    )
 
 
 def _take(client: WsClient, name: str, call: str):

@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.integration.gateway import start_gateway
-from tests.integration.helpers import sleep, wait_until
+from tests.integration.helpers import exit_code, no_leaks, sleep, wait_until
 from tests.peers import require_binary
 from tests.peers.sipp import Sipp
 from tests.peers.wsclient import RpcError, WsClient
@@ -18,8 +18,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def gateway(kamailio):
     require_binary("sipp")
-    gw = start_gateway(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000,
-                       calls__ring_timeout=6.0)
+    gw = start_gateway(
+        kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000, calls__ring_timeout=6.0
+    )
     yield gw
     gw.stop()
 
@@ -46,19 +47,6 @@ def logged_in(gw, user="1000"):
     client = yield WsClient.connect(gw.ws_url)
     yield client.request("login", {"user": user, "password": "1234"})
     return client
-
-
-@defer.inlineCallbacks
-def exit_code(phone, timeout=15.0):
-    """sipp's exit code, waited for without blocking the reactor (the gateway runs in it)."""
-    yield wait_until(lambda: phone.poll() is not None, timeout=timeout, what=f"sipp {phone.scenario} to end")
-    return phone.poll()
-
-
-def no_leaks(gw):
-    calls = gw.node.calls.counts()
-    stack = gw.stack.counts()
-    return not (calls["calls"] or calls["rtp_ports"] or stack["dialogs"] or stack["incoming"])
 
 
 @pytest_twisted.inlineCallbacks
@@ -89,8 +77,13 @@ def test_outbound_busy(gateway, far):
     client = yield logged_in(gateway)
     result = yield client.request("call", {"to": "1500"})
     hangup = yield client.wait_event("hangup")
-    assert hangup == {"call": result["call"], "sip_status": 486, "cause": "USER_BUSY", "reason": "rejected",
-                      "by": "remote"}
+    assert hangup == {
+        "call": result["call"],
+        "sip_status": 486,
+        "cause": "USER_BUSY",
+        "reason": "rejected",
+        "by": "remote",
+    }
     assert (yield exit_code(phone)) == 0, phone.explain()
     assert no_leaks(gateway)
 
@@ -173,8 +166,12 @@ def test_info_and_message_in_dialog_become_info_events(gateway, far):
     result = yield client.request("call", {"to": "1500"})
     yield client.wait_event("answered")
     info = yield client.wait_event("info")
-    assert info == {"call": result["call"], "method": "INFO", "content_type": "application/json",
-                    "body": {"text": "hello world", "confidence": 0.9}}
+    assert info == {
+        "call": result["call"],
+        "method": "INFO",
+        "content_type": "application/json",
+        "body": {"text": "hello world", "confidence": 0.9},
+    }
     message = yield client.wait_event("info")
     assert message["method"] == "MESSAGE" and message["body"].strip() == "asr: hello"
     yield client.request("hangup", {"call": result["call"]})
@@ -322,8 +319,10 @@ def test_user_to_user_call_through_the_pbx(gateway):
 @pytest_twisted.inlineCallbacks
 def test_second_inbound_call_while_busy_and_limit(gateway, far):
     client = yield logged_in(gateway)
-    callers = [far("uac_rejected.xml", register=False, variables={"callee": "1000"}, user=str(1500 + i))
-               for i in range(3)]
+    callers = [
+        far("uac_rejected.xml", register=False, variables={"callee": "1000"}, user=str(1500 + i))
+        for i in range(3)
+    ]
     first = yield client.wait_event("incoming")
     second = yield client.wait_event("incoming")
     assert first["call"] != second["call"]
@@ -343,8 +342,11 @@ def test_requests_for_unknown_calls_and_wrong_states(gateway, far):
     phone = far("uas_answer.xml")
     client = yield logged_in(gateway)
     other = yield logged_in(gateway, "1001")
-    for method, params in (("hangup", {"call": "cNoSuchCall123"}), ("answer", {"call": "cNoSuchCall123"}),
-                           ("dtmf", {"call": "cNoSuchCall123", "digits": "1"})):
+    for method, params in (
+        ("hangup", {"call": "cNoSuchCall123"}),
+        ("answer", {"call": "cNoSuchCall123"}),
+        ("dtmf", {"call": "cNoSuchCall123", "digits": "1"}),
+    ):
         with pytest.raises(RpcError) as err:
             yield client.request(method, params)
         assert err.value.reason == "call_not_found"
@@ -386,8 +388,12 @@ def test_message_out_of_dialog_both_ways(gateway, far):
     assert reply == {"sip_status": 200}
     assert (yield exit_code(inbox)) == 0, inbox.explain()
     assert "MESSAGE type=text/plain body=hello from the mini-program" in inbox.logs_text()
-    sender = far("uac_message.xml", user="1501", register=False,
-                 variables={"callee": "1000", "message_text": "agent says hi"})
+    sender = far(
+        "uac_message.xml",
+        user="1501",
+        register=False,
+        variables={"callee": "1000", "message_text": "agent says hi"},
+    )
     message = yield client.wait_event("message")
     assert message["from"] == "1501" and message["content_type"] == "text/plain"
     assert message["body"].strip() == "agent says hi"
@@ -412,8 +418,11 @@ def test_send_info_with_a_json_body(gateway, far):
 @pytest_twisted.inlineCallbacks
 def test_dtmf_from_the_far_end_as_info_becomes_a_dtmf_event(gateway, far):
     client = yield logged_in(gateway)
-    caller = far("uac_call_send_info_dtmf.xml", register=False,
-                 variables={"callee": "1000", "hold_ms": "300", "dtmf_digit": "7"})
+    caller = far(
+        "uac_call_send_info_dtmf.xml",
+        register=False,
+        variables={"callee": "1000", "hold_ms": "300", "dtmf_digit": "7"},
+    )
     incoming = yield client.wait_event("incoming")
     yield client.request("answer", {"call": incoming["call"]})
     event = yield client.wait_event("dtmf")

@@ -53,10 +53,28 @@ def run_sipp_register(
     scenario = tmp_path / f"register-{final}.xml"
     scenario.write_text(_scenario(final))
     cmd = [
-        sipp, "-sf", str(scenario), "-s", user, "-au", user, "-ap", password,
-        "-m", "1", "-nostdin", "-trace_err", "-t", transport,
-        "-i", "127.0.0.1", "-p", str(free_port("both")),
-        "-timeout", "10s", "-timeout_error",
+        sipp,
+        "-sf",
+        str(scenario),
+        "-s",
+        user,
+        "-au",
+        user,
+        "-ap",
+        password,
+        "-m",
+        "1",
+        "-nostdin",
+        "-trace_err",
+        "-t",
+        transport,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port("both")),
+        "-timeout",
+        "10s",
+        "-timeout_error",
         f"{kam.host}:{kam.port}",
     ]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False)

@@ -116,7 +116,7 @@ def test_registrations_survive_several_refreshes(kamailio_factory, gateway_facto
         assert int(cs[0]["CSeq"]) >= first[aor] + 3, (aor, cs[0])
         assert int(cs[0]["Expires"]) > 0
     for c in clients:
-        assert ("registration_failed" not in [n for n, _ in c.events])
+        assert "registration_failed" not in [n for n, _ in c.events]
         yield c.close()
 
 
@@ -134,8 +134,11 @@ def test_pbx_restart_registrations_recover(kamailio_factory, gateway_factory):
     # the refresh due at ~5 s times out at ~11.4 s (Timer F = 6.4 s): the PBX must stay away that long
     yield sleep(14)
     kam.start()  # same port, empty location table
-    yield wait_until(lambda: sorted(kam.registrations()) == ["1000", "1001"], timeout=40,
-                     what="registrations back at the restarted PBX")
+    yield wait_until(
+        lambda: sorted(kam.registrations()) == ["1000", "1001"],
+        timeout=40,
+        what="registrations back at the restarted PBX",
+    )
     for c in clients:
         names = [n for n, _ in c.events]
         assert "registration_failed" in names  # the client was told while the PBX was away
@@ -156,8 +159,9 @@ def test_closed_socket_unregisters_after_grace_and_resume_keeps_registration(kam
     assert resumed["user"] == "1003"
     assert kamailio.registrations()["1003"] == contact_before  # same binding, no flap
     b.drop()
-    yield wait_until(lambda: "1003" not in kamailio.registrations(), timeout=15,
-                     what="un-REGISTER after the grace period")
+    yield wait_until(
+        lambda: "1003" not in kamailio.registrations(), timeout=15, what="un-REGISTER after the grace period"
+    )
     c = yield WsClient.connect(gw.ws_url)
     with pytest.raises(RpcError) as err:
         yield c.request("resume", {"session": login["session"]})
@@ -175,21 +179,24 @@ def test_thousand_users_register_concurrently_then_all_leave(kamailio, gateway_f
     connected = time.monotonic()
     results = yield defer.gatherResults(
         [c.request("login", {"user": u, "password": "1234"}) for c, u in zip(clients, users, strict=True)],
-        consumeErrors=True)
+        consumeErrors=True,
+    )
     registered = time.monotonic()
     assert [r["user"] for r in results] == users
     regs = kamailio.registrations()
     assert sorted(regs) == users
     assert all(len(cs) == 1 and f":{gw.sip_port}" in cs[0] for cs in regs.values())
-    print(f"\n{n} users: WS connect {connected - started:.2f} s, "
-          f"login+REGISTER {registered - connected:.2f} s")
+    print(
+        f"\n{n} users: WS connect {connected - started:.2f} s, login+REGISTER {registered - connected:.2f} s"
+    )
     yield defer.gatherResults([c.request("logout") for c in clients], consumeErrors=True)
     print(f"{n} users: logout {time.monotonic() - registered:.2f} s")
     assert kamailio.registrations() == {}
     assert gw.stack.registrations == {}
     # client transactions linger for Timer K (T4 = 5 s on UDP), then none is left
-    yield wait_until(lambda: not any(gw.stack.transactions.count().values()), timeout=8,
-                     what="all SIP transactions ended")
+    yield wait_until(
+        lambda: not any(gw.stack.transactions.count().values()), timeout=8, what="all SIP transactions ended"
+    )
     yield defer.gatherResults([c.close() for c in clients], consumeErrors=True)
 
 

@@ -24,7 +24,7 @@ from twisted.internet import defer, protocol, reactor
 
 from b2bua.config import Config
 from tests.integration.gateway import start_gateway
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import exit_code, no_leaks, wait_until
 from tests.peers import require_binary
 from tests.peers.sipp import Sipp
 
@@ -43,8 +43,13 @@ def node_sdk():
     if not (SDK_DIR / "node_modules" / "ws").is_dir():
         npm = require_binary("npm")
         command = "ci" if (SDK_DIR / "package-lock.json").is_file() else "install"
-        done = subprocess.run([npm, command, "--no-audit", "--no-fund"], cwd=SDK_DIR, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [npm, command, "--no-audit", "--no-fund"],
+            cwd=SDK_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"npm {command} failed:\n{done.stdout}\n{done.stderr}"
     return node
 
@@ -111,8 +116,14 @@ def run_node_case(node: str, name: str, gw, signal_dir: Path, timeout: float = N
         MPB2BUA_SIPP_DTMF="5",
         MPB2BUA_SIGNAL_DIR=str(signal_dir),
     )
-    args = [node, "--test", "--test-force-exit", "--test-reporter=tap", f"--test-name-pattern=^{name}$",
-            NODE_TEST_FILE]
+    args = [
+        node,
+        "--test",
+        "--test-force-exit",
+        "--test-reporter=tap",
+        f"--test-name-pattern=^{name}$",
+        NODE_TEST_FILE,
+    ]
     proc = _NodeProcess()
     transport = reactor.spawnProcess(proc, node, args, env=env, path=str(SDK_DIR))
 
@@ -139,18 +150,6 @@ def node_case(node, name, gw, tmp_path):
     yield proc.ended
     check_passed(proc, name)
     return proc
-
-
-@defer.inlineCallbacks
-def exit_code(phone, timeout=20.0):
-    yield wait_until(lambda: phone.poll() is not None, timeout=timeout, what=f"sipp {phone.scenario} to end")
-    return phone.poll()
-
-
-def no_leaks(gw):
-    calls = gw.node.calls.counts()
-    stack = gw.stack.counts()
-    return not (calls["calls"] or calls["rtp_ports"] or stack["dialogs"] or stack["incoming"])
 
 
 @pytest_twisted.inlineCallbacks

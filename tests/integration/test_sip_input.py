@@ -46,10 +46,12 @@ def exchange_tcp(port: int, payload: bytes, timeout: float = 2.0) -> bytes:
 
 
 def options(port: int, branch: str = "z9hG4bKopt1", extra: str = "") -> bytes:
-    return (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
-            "Max-Forwards: 70\r\nFrom: <sip:pbx@127.0.0.1>;tag=a\r\nTo: <sip:mpb2bua@127.0.0.1>\r\n"
-            f"Call-ID: {branch}@test\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:pbx@127.0.0.1>;tag=a\r\nTo: <sip:mpb2bua@127.0.0.1>\r\n"
+        f"Call-ID: {branch}@test\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def run(fn, *args):
@@ -79,7 +81,8 @@ def test_malformed_requests_get_400_with_reason_and_users_keep_working(gateway, 
     port = gateway.sip_port
     cases = {
         "bad Content-Length": options(port, "z9hG4bKb1", "Content-Length: 99\r\n").replace(
-            b"Content-Length: 0\r\n", b"", 1),
+            b"Content-Length: 0\r\n", b"", 1
+        ),
         "missing Call-ID": options(port, "z9hG4bKb2").replace(b"Call-ID: z9hG4bKb2@test\r\n", b""),
         "CSeq mismatch": options(port, "z9hG4bKb3").replace(b"1 OPTIONS", b"1 INVITE"),
         "bad header line": options(port, "z9hG4bKb4", "this is no header\r\n"),
@@ -89,8 +92,19 @@ def test_malformed_requests_get_400_with_reason_and_users_keep_working(gateway, 
         assert answer is not None, name
         assert answer.startswith(b"SIP/2.0 400 Bad Request ("), (name, answer[:80])
     # RFC 4475 torture messages that must be refused: answered 400/505 or dropped, never a crash
-    for case in ("badinv01", "clerr", "ncl", "scalar02", "quotbal", "ltgtruri", "lwsruri", "badvers",
-                 "mismatch01", "multi01", "insuf"):
+    for case in (
+        "badinv01",
+        "clerr",
+        "ncl",
+        "scalar02",
+        "quotbal",
+        "ltgtruri",
+        "lwsruri",
+        "badvers",
+        "mismatch01",
+        "multi01",
+        "insuf",
+    ):
         path = DATA / f"{case}.sip"
         answer = yield run(exchange_udp, port, path.read_bytes(), "127.0.0.1", 0.5)
         assert answer is None or answer.split(b" ")[1] in (b"400", b"505"), (case, answer[:80])
@@ -114,8 +128,13 @@ def test_malformed_requests_get_400_with_reason_and_users_keep_working(gateway, 
 def test_requests_from_non_pbx_addresses_are_refused(gateway):
     answers = []
     for i in range(50):  # a small flood from a stranger
-        answers.append((yield run(exchange_udp, gateway.sip_port, options(gateway.sip_port, f"z9hG4bKf{i}"),
-                                  "127.0.0.2")))
+        answers.append(
+            (
+                yield run(
+                    exchange_udp, gateway.sip_port, options(gateway.sip_port, f"z9hG4bKf{i}"), "127.0.0.2"
+                )
+            )
+        )
     assert all(a.startswith(b"SIP/2.0 403 Forbidden") for a in answers)
     answer = yield run(exchange_udp, gateway.sip_port, options(gateway.sip_port, "z9hG4bKok"))
     assert answer.startswith(b"SIP/2.0 200 OK")
@@ -136,8 +155,11 @@ def test_invite_flood_from_a_stranger_creates_nothing(gateway, kamailio):
     (contact,) = kamailio.registrations()["1000"]
     user = contact.split(":")[1].split("@")[0]
     for i in range(100):
-        invite = options(gateway.sip_port, f"z9hG4bKinv{i}").replace(
-            b"OPTIONS sip:127", f"INVITE sip:{user}@127".encode()).replace(b"1 OPTIONS", b"1 INVITE")
+        invite = (
+            options(gateway.sip_port, f"z9hG4bKinv{i}")
+            .replace(b"OPTIONS sip:127", f"INVITE sip:{user}@127".encode())
+            .replace(b"1 OPTIONS", b"1 INVITE")
+        )
         answer = yield run(exchange_udp, gateway.sip_port, invite, "127.0.0.2")
         assert answer.startswith(b"SIP/2.0 403 Forbidden"), answer[:60]
     assert client.events == [("registered", {"user": "1000", "expires": 600})]  # no "incoming"
@@ -152,12 +174,17 @@ def test_invite_with_malformed_sdp_is_488(gateway, kamailio):
     (contact,) = kamailio.registrations()["1000"]
     user = contact.split(":")[1].split("@")[0]
     body = b"v=0\r\no=broken\r\nm=audio notaport RTP/AVP x\r\n"
-    invite = (options(gateway.sip_port, "z9hG4bKbadsdp")
-              .replace(b"OPTIONS sip:127", f"INVITE sip:{user}@127".encode())
-              .replace(b"1 OPTIONS", b"1 INVITE")
-              .replace(b"Content-Length: 0\r\n\r\n",
-                       b"Contact: <sip:pbx@127.0.0.1:9>\r\nContent-Type: application/sdp\r\n"
-                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body))
+    invite = (
+        options(gateway.sip_port, "z9hG4bKbadsdp")
+        .replace(b"OPTIONS sip:127", f"INVITE sip:{user}@127".encode())
+        .replace(b"1 OPTIONS", b"1 INVITE")
+        .replace(
+            b"Content-Length: 0\r\n\r\n",
+            b"Contact: <sip:pbx@127.0.0.1:9>\r\nContent-Type: application/sdp\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body,
+        )
+    )
     answer = yield run(exchange_udp, gateway.sip_port, invite)
     assert answer.startswith(b"SIP/2.0 488 Not Acceptable Here ("), answer[:80]
     assert [n for n, _ in client.events] == ["registered"]

@@ -44,11 +44,30 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
     (config.parent / "users.yaml").write_text((ROOT / "etc" / "users.yaml").read_text())
     log = tmp_path / "twistd.log"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-         f"--logfile={log}", "mpb2bua", "--config", str(config), "--ws", f"tcp:{ws}:interface=127.0.0.1",
-         "--http", f"tcp:{http}:interface=127.0.0.1", "--sip-listen", f"127.0.0.1:{sip}",
-         "--pbx", f"{kamailio.host}:{kamailio.port}"],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            f"--logfile={log}",
+            "mpb2bua",
+            "--config",
+            str(config),
+            "--ws",
+            f"tcp:{ws}:interface=127.0.0.1",
+            "--http",
+            f"tcp:{http}:interface=127.0.0.1",
+            "--sip-listen",
+            f"127.0.0.1:{sip}",
+            "--pbx",
+            f"{kamailio.host}:{kamailio.port}",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         health = f"http://127.0.0.1:{http}/healthz"
         status = yield wait_until(lambda: http_get(health)[0], timeout=20, what="twistd to serve /healthz")

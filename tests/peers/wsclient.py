@@ -7,7 +7,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 
 class RpcError(Exception):
@@ -50,7 +50,10 @@ class WsClient:
 
     @classmethod
     @defer.inlineCallbacks
-    def connect(cls, url: str, origin: str | None = None, timeout: float = 60.0):
+    def connect(cls, url: str, origin: str | None = None, timeout: float = 60.0, context_factory=None):
+        """Open ``url``; for ``wss://`` give ``context_factory`` (e.g. ``ssl.optionsForClientTLS(...)``)."""
+        if url.startswith("wss://") and context_factory is None:
+            raise ValueError("wss:// needs a context_factory (TLS client options)")
         client = cls(url, timeout)
         factory = WebSocketClientFactory(url, origin=origin)
         factory.protocol = _Protocol
@@ -58,6 +61,8 @@ class WsClient:
         hostport = url.split("//", 1)[1].split("/", 1)[0]
         host, port = hostport.rsplit(":", 1)
         endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=timeout)
+        if context_factory is not None:
+            endpoint = wrapClientTLS(context_factory, endpoint)
 
         def build(addr):
             proto = factory.buildProtocol(addr)
