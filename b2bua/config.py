@@ -42,6 +42,7 @@ class AuthConfig:
     token_max_ttl: int = 3600
     users_source: str = "yaml"  # yaml | freeswitch | none
     users_path: str = "etc/users.yaml"
+    freeswitch_vars: str | None = None  # FreeSWITCH's vars.xml, for $${default_password} and friends
 
 
 @dataclass
@@ -55,7 +56,7 @@ class SipConfig:
     registrar_uri: str | None = None  # Request-URI of REGISTER; sip:<pbx> when unset
     pbx_addresses: list[str] = field(default_factory=list)  # more source addresses allowed to send requests
     register_expires: int = 600
-    options_keepalive: float = 0.0  # seconds between OPTIONS to the PBX; 0 = off
+    options_keepalive: float = 30.0  # seconds between OPTIONS to the PBX; 0 = off
     public_host: str | None = None  # Via/Contact host when the node is seen under another address
     user_agent: str = "mpb2bua"
     t1: float = 0.5

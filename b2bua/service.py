@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from b2bua.auth.tokens import TokenVerifier
-from b2bua.auth.users import FreeSwitchDirectory, YamlUsers
+from b2bua.auth.users import FreeSwitchDirectory, YamlUsers, read_freeswitch_vars
 from b2bua.call.calls import CallManager
 from b2bua.call.controller import Controller
 from b2bua.config import Config, ConfigError
@@ -41,7 +41,10 @@ def make_user_source(config: Config):
     if kind == "yaml":
         return YamlUsers(path)
     if kind == "freeswitch":
-        source = FreeSwitchDirectory(path)
+        variables = None
+        if config.auth.freeswitch_vars:
+            variables = read_freeswitch_vars(config.resolve(config.auth.freeswitch_vars))
+        source = FreeSwitchDirectory(path, variables)
         for error in source.errors:
             log.warn("FreeSWITCH directory: {error}", error=error)
         return source

@@ -103,7 +103,7 @@ class AudioBridge:
         self.fifo = PcmFifo()
         self._ul_resampler: Resampler | None = None
         self._primed = False
-        self.dtmf_sender = DtmfSender(clock_rate=8000)
+        self.dtmf_sender = DtmfSender(clock_rate=self.audio.dtmf_clock_rate or 8000)
         self.dtmf_receiver = DtmfReceiver()
         # video
         self._avc_record: flv.AVCDecoderConfigurationRecord | None = None

@@ -54,6 +54,15 @@ def node_sdk():
     return node
 
 
+def test_sdk_unit_tests_pass(node_sdk):
+    """The SDK's own unit tests (fake socket: JSON-RPC plumbing, emitter, backoff, resume)."""
+    done = subprocess.run(
+        [node_sdk, "--test", "test/client.test.js"], cwd=SDK_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "# fail 0" in done.stdout and "# pass 0" not in done.stdout
+
+
 @pytest.fixture
 def gateway(kamailio):
     require_binary("sipp")
