@@ -84,6 +84,8 @@ class InviteSession:
         self._call_id = ""
         self._cseq = 0
         self._we_are: str | None = None
+        self._late_answers: set[str] = set()  # To tags of 2xx that came after we gave up
+        self._bye_after_ack = False
 
     def __repr__(self) -> str:
         call_id = self.invite.call_id if self.invite is not None else "-"
@@ -233,6 +235,9 @@ class InviteSession:
             return
         ack = dialog.new_request(self.stack, "ACK", cseq=self.invite.cseq[0])
         self.stack.send_request(ack, _ignore, target=dialog.next_hop())
+        if dialog.remote_tag in self._late_answers:
+            return  # a retransmission of the same late 2xx: ACK it again, the BYE is under way
+        self._late_answers.add(dialog.remote_tag)
         bye = dialog.new_request(self.stack, "BYE")
         self.stack.send_request(bye, _ignore, target=dialog.next_hop())
 
@@ -367,7 +372,10 @@ class InviteSession:
         if self._pending_2xx is not None and ack.cseq[0] == self._pending_2xx[2]:
             self._pending_2xx = None
             self._cancel_timer("2xx")
-            if self.state == "answering":
+            if self.state == "answering" and self._bye_after_ack:
+                self._send_bye()  # §15: the callee that hung up meanwhile waited for this ACK
+                self._end(None, [], "local", "bye")
+            elif self.state == "answering":
                 self.state = "confirmed"
                 sdp = sdp_of(ack)
                 if sdp is not None:
@@ -415,7 +423,9 @@ class InviteSession:
                 self._timer("cancel", 64 * self.stack.config.t1, self._cancel_timed_out)
         elif self.state == "incoming":
             self.reject(486)
-        elif self.state in ("answering", "confirmed"):
+        elif self.state == "answering":
+            self._bye_after_ack = True  # §15: no BYE before the ACK of our 2xx (or its timeout)
+        elif self.state == "confirmed":
             self._send_bye()
             self._end(None, [], "local", "bye")
 

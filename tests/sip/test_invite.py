@@ -968,10 +968,13 @@ def test_uac_not_refresher_stays_so_after_the_remote_refreshes():
     assert no_timers(stack)
 
 
-def test_timers_are_cancelled_when_the_call_ends_mid_retransmission():
+def test_hangup_while_2xx_is_unacknowledged_waits_for_the_ack_then_byes():
     stack, listener, session, txn = incoming([("Session-Expires", "120;refresher=uac")])
     session.answer(ANSWER)
     stack.reactor.advance(1)
     session.hangup()
+    assert ended(listener) == [] and stack.sent("BYE") == []  # RFC 3261 §15: not before the ACK
+    ack(session, 1)
+    assert len(stack.sent("BYE")) == 1
     assert ended(listener) == [("ended", None, [], "local", "bye")]
     assert no_timers(stack)
