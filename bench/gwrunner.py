@@ -74,6 +74,39 @@ def build_config(pbx: str, sets: list[str]) -> Config:
     return config
 
 
+class GcWatch:
+    """Pause time of the cyclic GC per generation (gc.callbacks), to tell GC pauses from work."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self._t0 = 0.0
+        gc.callbacks.append(self._cb)
+
+    def reset(self) -> None:
+        self.count = [0, 0, 0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.max_ms = [0.0, 0.0, 0.0]
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            g = info["generation"]
+            ms = (time.perf_counter() - self._t0) * 1000
+            self.count[g] += 1
+            self.total_ms[g] += ms
+            self.max_ms[g] = max(self.max_ms[g], ms)
+
+    def take(self) -> dict:
+        out = {"count": self.count, "total_ms": self.total_ms, "max_ms": self.max_ms,
+               "objects": len(gc.get_objects())}
+        self.reset()
+        return out
+
+
+GC = GcWatch()
+
+
 class Control(LineReceiver):
     delimiter = b"\n"
 
@@ -111,6 +144,7 @@ class Control(LineReceiver):
                       "members": len(clock.members)},
             "setup_samples": samples,
             "register_sends": regs,
+            "gc": GC.take(),
         }
         stats = [c.bridge.stats for c in calls.calls.values() if getattr(c, "bridge", None) is not None]
         out["bridges"] = len(stats)
