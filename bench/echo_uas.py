@@ -154,16 +154,26 @@ class EchoUas:
                 unwrapped.append(s + base)
             s0 = unwrapped[0]
             expected = max(unwrapped) - s0 + 1
-            offsets = [t - PTIME * (s - s0) for t, s in zip(ta, unwrapped)]
+            offsets = [t - PTIME * (s - s0) for t, s in zip(ta, unwrapped, strict=False)]
             ref = min(offsets)
             lateness = sorted((o - ref) * 1000 for o in offsets)
-            streams.append({
-                "addr": f"{addr[0]}:{addr[1]}", "received": len(ta), "expected": expected,
-                "lost": expected - len(set(unwrapped)), "late": sum(1 for x in lateness if x > LATE_MS),
-                "max_late_ms": lateness[-1], "p99_late_ms": lateness[int(0.99 * (len(lateness) - 1))],
-            })
-        return {"window_s": time.monotonic() - self.window_start, "streams": streams,
-                "invites": self.invites, "byes": self.byes}
+            streams.append(
+                {
+                    "addr": f"{addr[0]}:{addr[1]}",
+                    "received": len(ta),
+                    "expected": expected,
+                    "lost": expected - len(set(unwrapped)),
+                    "late": sum(1 for x in lateness if x > LATE_MS),
+                    "max_late_ms": lateness[-1],
+                    "p99_late_ms": lateness[int(0.99 * (len(lateness) - 1))],
+                }
+            )
+        return {
+            "window_s": time.monotonic() - self.window_start,
+            "streams": streams,
+            "invites": self.invites,
+            "byes": self.byes,
+        }
 
     # -- loop -----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -174,7 +184,9 @@ class EchoUas:
         sel.register(self.rtp, selectors.EVENT_READ, "rtp")
         sel.register(self.rtcp, selectors.EVENT_READ, "rtcp")
         sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
-        print(json.dumps({"sip_port": self.sip_port, "rtp_port": self.rtp_port, "pid": os.getpid()}), flush=True)
+        print(
+            json.dumps({"sip_port": self.sip_port, "rtp_port": self.rtp_port, "pid": os.getpid()}), flush=True
+        )
         stdin_buf = b""
         while True:
             for key, _ in sel.select(1.0):

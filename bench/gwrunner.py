@@ -51,7 +51,11 @@ def proc_rss(pid: int | str = "self") -> int:
 def build_config(pbx: str, sets: list[str]) -> Config:
     config = Config()
     ws_port, http_port, sip_port, rtmp_port = (
-        free_port("tcp"), free_port("tcp"), free_port("both"), free_port("tcp"))
+        free_port("tcp"),
+        free_port("tcp"),
+        free_port("both"),
+        free_port("tcp"),
+    )
     config.websocket.listen = f"tcp:{ws_port}:interface=127.0.0.1:backlog=4096"
     config.rtmp.listen = f"tcp:{rtmp_port}:interface=127.0.0.1:backlog=4096"
     config.rtmp.public_url = f"rtmp://127.0.0.1:{rtmp_port}/mp"
@@ -98,8 +102,12 @@ class GcWatch:
             self.max_ms[g] = max(self.max_ms[g], ms)
 
     def take(self) -> dict:
-        out = {"count": self.count, "total_ms": self.total_ms, "max_ms": self.max_ms,
-               "objects": len(gc.get_objects())}
+        out = {
+            "count": self.count,
+            "total_ms": self.total_ms,
+            "max_ms": self.max_ms,
+            "objects": len(gc.get_objects()),
+        }
         self.reset()
         return out
 
@@ -140,8 +148,12 @@ class Control(LineReceiver):
             "rss": proc_rss(),
             "counts": calls.counts(),
             "sessions": len(getattr(node.controller, "sessions", {}) or {}),
-            "clock": {"ticks": clock.ticks, "late": clock.late_ticks, "skipped": clock.skipped_ticks,
-                      "members": len(clock.members)},
+            "clock": {
+                "ticks": clock.ticks,
+                "late": clock.late_ticks,
+                "skipped": clock.skipped_ticks,
+                "members": len(clock.members),
+            },
             "setup_samples": samples,
             "register_sends": regs,
             "gc": GC.take(),
@@ -174,10 +186,12 @@ def main() -> None:
     # REGISTER send times, for the refresh-spreading histogram (a wrapper on the SIP transport)
     transport_send = node.stack.transport.send if hasattr(node.stack, "transport") else None
     if transport_send is not None:
+
         def send(message, target, _orig=transport_send):
             if getattr(message, "method", None) == "REGISTER":
                 control.register_sends.append(time.time())
             return _orig(message, target)
+
         node.stack.transport.send = send
     node.startService()
     stdio.StandardIO(control)
@@ -185,9 +199,18 @@ def main() -> None:
     def announce() -> None:
         ws_port = config.websocket.listen.split(":")[1]
         rtmp_port = config.rtmp.listen.split(":")[1]
-        print(json.dumps({"ws_url": f"ws://127.0.0.1:{ws_port}/ws", "rtmp_port": int(rtmp_port),
-                          "sip_port": config.sip.listen_port, "pid": os.getpid(),
-                          "register_hook": transport_send is not None}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "ws_url": f"ws://127.0.0.1:{ws_port}/ws",
+                    "rtmp_port": int(rtmp_port),
+                    "sip_port": config.sip.listen_port,
+                    "pid": os.getpid(),
+                    "register_hook": transport_send is not None,
+                }
+            ),
+            flush=True,
+        )
 
     reactor.callWhenRunning(lambda: reactor.callLater(0.3, announce))
     reactor.run()

@@ -50,9 +50,13 @@ def _state(b) -> dict:
     st = b.__dict__.get("_bench")
     if st is None:
         st = b._bench = {
-            "up_q": deque(), "up_put": 0, "up_removed": 0,
-            "arr": {}, "arr_q": deque(),
-            "dl_q": deque(), "dl_in": 0,
+            "up_q": deque(),
+            "up_put": 0,
+            "up_removed": 0,
+            "arr": {},
+            "arr_q": deque(),
+            "dl_q": deque(),
+            "dl_in": 0,
         }
     return st
 

@@ -70,9 +70,13 @@ class _Client(protocol.Protocol):
             self.transport.write(
                 s1
                 + w.set_chunk_size(4096)
-                + w.write(rtmp.command_message(
-                    "connect", 1.0, {"app": self.app, "type": "nonprivate", "flashVer": "FMLE/3.0",
-                                     "tcUrl": self.tc_url}))
+                + w.write(
+                    rtmp.command_message(
+                        "connect",
+                        1.0,
+                        {"app": self.app, "type": "nonprivate", "flashVer": "FMLE/3.0", "tcUrl": self.tc_url},
+                    )
+                )
                 + w.write(rtmp.command_message("createStream", 2.0, None))
             )
             data = rest
@@ -117,8 +121,11 @@ class Publisher(_Client):
         self.bytes_sent = 0
 
     def start_stream(self) -> None:
-        self.transport.write(self.writer.write(rtmp.command_message("publish", 3.0, None, self.key, "live",
-                                                                     stream_id=self.sid)))
+        self.transport.write(
+            self.writer.write(
+                rtmp.command_message("publish", 3.0, None, self.key, "live", stream_id=self.sid)
+            )
+        )
 
     def begin(self, now: float) -> None:
         self.t0 = now
@@ -175,7 +182,7 @@ class Player(_Client):
         a, self.arrivals = self.arrivals, self.arrivals[-1:]
         if len(a) < 2:
             return len(a), float("inf")
-        return len(a) - 1, max(y - x for x, y in zip(a, a[1:])) * 1000
+        return len(a) - 1, max(y - x for x, y in zip(a, a[1:], strict=False)) * 1000
 
 
 def connect(url: str, client: _Client) -> defer.Deferred:

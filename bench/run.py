@@ -29,19 +29,49 @@ def phases(short: bool, profile: bool) -> dict[str, list[str]]:
             "media": ["media", "--steps", "10,25", "--window", "5", "--warmup", "2", "--budget", "60"],
             "latency": ["media", "--hooks", "--steps", "10", "--window", "5", "--warmup", "2"],
             "register": ["register", "--users", "1000", "--expires", "20", "--window", "25"],
-            "setup": ["setup", "--sessions", "50", "--rate", "50", "--seconds", "3", "--rates", "100,200",
-                      "--step-seconds", "3"],
+            "setup": [
+                "setup",
+                "--sessions",
+                "50",
+                "--rate",
+                "50",
+                "--seconds",
+                "3",
+                "--rates",
+                "100,200",
+                "--step-seconds",
+                "3",
+            ],
         }
-    media = ["media", "--steps", "10,25,50,75,100,150,200,250,300,400", "--window", "20", "--budget", "600",
-             "--keep-going"]
+    media = [
+        "media",
+        "--steps",
+        "10,25,50,75,100,150,200,250,300,400",
+        "--window",
+        "20",
+        "--budget",
+        "600",
+        "--keep-going",
+    ]
     if profile:
         media += ["--profile", str(RESULTS / "profile-media.txt"), "--profile-seconds", "15"]
     return {
         "media": media,
         "latency": ["media", "--hooks", "--steps", "10,50,100,200", "--window", "15", "--keep-going"],
         "register": ["register", "--users", "10000", "--expires", "60", "--window", "90"],
-        "setup": ["setup", "--sessions", "100", "--rate", "50", "--seconds", "10",
-                  "--rates", "100,200,300,400,500,600,800,1000", "--step-seconds", "5"],
+        "setup": [
+            "setup",
+            "--sessions",
+            "100",
+            "--rate",
+            "50",
+            "--seconds",
+            "10",
+            "--rates",
+            "100,200,300,400,500,600,800,1000",
+            "--step-seconds",
+            "5",
+        ],
     }
 
 
@@ -108,7 +138,10 @@ def plot(results: dict, suffix: str) -> list[str]:
         steps = [s for s in lat["steps"] if "uplink_ms" in s]
         n = [s["calls"] for s in steps]
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label in (("uplink_ms", "uplink RTMP in → RTP out"), ("downlink_ms", "downlink RTP in → RTMP out")):
+        for key, label in (
+            ("uplink_ms", "uplink RTMP in → RTP out"),
+            ("downlink_ms", "downlink RTP in → RTMP out"),
+        ):
             ax.plot(n, [s[key]["p50"] for s in steps], "o-", label=f"{label} p50")
             ax.plot(n, [s[key]["p99"] for s in steps], "o--", label=f"{label} p99")
         ax.axhline(40, color="r", ls=":", label="uplink bar p99 40 ms")
