@@ -517,7 +517,7 @@ def run_register(args, tmp: Path) -> dict:
         t_login = time.monotonic() - t0
         cpu_login = proc_cpu(peers.gw_pid) - cpu0
         log(
-            f"{args.users - len(failures)} logged in and registered in {t_login:.1f} s, {len(failures)} failed "
+            f"{args.users - len(failures)} logged in and registered in {t_login:.1f} s, {len(failures)} failed "  # noqa: E501
             f"{failures[:3]}"
         )
         yield peers.gw.stats(tmp)  # drop the initial REGISTERs from the refresh window
@@ -543,7 +543,7 @@ def run_register(args, tmp: Path) -> dict:
             }
         )
         log(
-            f"RSS {rss0 / 2**20:.1f} → {rss1 / 2**20:.1f} MiB: {result['rss_per_session_bytes'] / 1024:.1f} KiB/session;"
+            f"RSS {rss0 / 2**20:.1f} → {rss1 / 2**20:.1f} MiB: {result['rss_per_session_bytes'] / 1024:.1f} KiB/session;"  # noqa: E501
             f" Kamailio has {len(regs)} AORs; refresh window {args.window} s"
         )
         cpu_w0 = proc_cpu(peers.gw_pid)
@@ -567,7 +567,7 @@ def run_register(args, tmp: Path) -> dict:
             }
         )
         log(
-            f"refreshes: {len(sends)} in {args.window} s, max {max(hist)}/s, mean {statistics.mean(hist):.1f}/s"
+            f"refreshes: {len(sends)} in {args.window} s, max {max(hist)}/s, mean {statistics.mean(hist):.1f}/s"  # noqa: E501
         )
     finally:
         yield (
