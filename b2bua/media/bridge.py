@@ -189,11 +189,15 @@ class AudioBridge:
     def send_dtmf(self, digits: str) -> None:
         self.dtmf_sender.send(digits)
 
-    def tick(self, now_ms: float) -> None:
-        """Every 20 ms: one RTP packet up (audio or DTMF event), 20 ms of PCM down to AAC."""
+    def tick_up(self, now_ms: float) -> None:
+        """Every 20 ms, first: one RTP packet toward the PBX (audio or a DTMF event)."""
+        if not self.closed:
+            self._tick_up()
+
+    def tick_down(self, now_ms: float) -> None:
+        """Every 20 ms, after every call's uplink: 20 ms of PCM down to the players' AAC."""
         if self.closed:
             return
-        self._tick_up()
         self._tick_down(now_ms)
         if now_ms - self._last_rtcp_ms >= RTCP_INTERVAL_MS:
             self._last_rtcp_ms = now_ms

@@ -42,6 +42,8 @@ class RtpSocket(DatagramProtocol):
         self.packets = 0
         self.bytes = 0
         self.remote: tuple[str, int] | None = None
+        self.dropped = 0
+        self.errors = 0
         self.handler = None  # set by the media bridge: handler(data, addr)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
@@ -54,8 +56,17 @@ class RtpSocket(DatagramProtocol):
                 log.failure("RTP handler failed")
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
-            self.transport.write(data, addr)
+        # straight to the socket: Twisted's write() re-validates the address on every packet
+        if self.transport is None:
+            return
+        try:
+            self.transport.socket.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1  # a full socket buffer: RTP is late anyway, never queue it
+        except OSError as e:  # e.g. ICMP unreachable reported on a later send
+            self.errors += 1
+            if self.errors <= 3:
+                log.info("RTP send to {addr} failed: {e}", addr=addr, e=e)
 
 
 class MediaLeg:

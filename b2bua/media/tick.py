@@ -19,7 +19,9 @@ MAX_CATCH_UP = 5  # beyond 100 ms late, skip ahead instead of bursting
 
 
 class Ticking(Protocol):
-    def tick(self, now_ms: float) -> None: ...
+    def tick_up(self, now_ms: float) -> None: ...  # cheap and time-critical: send this tick's RTP
+
+    def tick_down(self, now_ms: float) -> None: ...  # the heavy part: decode, AAC-encode, RTMP out
 
 
 class MediaClock:
@@ -58,9 +60,12 @@ class MediaClock:
         for i in range(count):
             self.ticks += 1
             at = now_ms - (count - 1 - i) * self.interval * 1000.0
-            for member in list(self.members):
-                try:
-                    member.tick(at)
-                except Exception:
-                    log.failure("media tick failed for {member!r}", member=member)
-                    self.members.discard(member)
+            members = list(self.members)
+            # every call's RTP leaves first, so no packet waits for other calls' AAC encoding
+            for phase in ("tick_up", "tick_down"):
+                for member in members:
+                    try:
+                        getattr(member, phase)(at)
+                    except Exception:
+                        log.failure("media {phase} failed for {member!r}", phase=phase, member=member)
+                        self.members.discard(member)

@@ -33,6 +33,18 @@ from typing import NamedTuple
 import av
 import av.error
 
+try:  # G.711 is a table lookup per sample: the stdlib's C loop beats a PyAV frame per packet
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+except ImportError:  # Python 3.13 dropped it: PyAV does the work then
+    audioop = None
+
+
+_G711 = {"PCMU": ("lin2ulaw", "ulaw2lin"), "PCMA": ("lin2alaw", "alaw2lin")}
+
 SAMPLE_BYTES = 2  # s16
 AAC_FRAME_SAMPLES = 1024
 
@@ -274,8 +286,11 @@ class RtpAudioEncoder:
         ctx.open()
         self._ctx = ctx
         self._pts = 0
+        self._g711 = getattr(audioop, _G711[self.codec][0]) if audioop and self.codec in _G711 else None
 
     def encode(self, pcm: bytes) -> bytes:
+        if self._g711 is not None:
+            return self._g711(pcm, SAMPLE_BYTES)
         if self.channels == 2:
             pcm = _mono_to_stereo(pcm)
         frame = _s16_frame(pcm, self.sample_rate, self._layout, self._pts)
@@ -308,6 +323,7 @@ class RtpAudioDecoder:
         self._last = b""
         self._fades = 0
         self._toc = 0x78  # hybrid fullband 20 ms, until a real packet tells us more
+        self._g711 = getattr(audioop, _G711[self.codec][1]) if audioop and self.codec in _G711 else None
         self._spare = b""  # opus PLC produced beyond what conceal() was asked for
         self.errors = 0
 
@@ -315,6 +331,11 @@ class RtpAudioDecoder:
         self._spare = b""
         if not payload:  # an empty packet would mean end of stream to FFmpeg
             return self.conceal(self.samples_per_frame)
+        if self._g711 is not None:
+            pcm = self._g711(payload, SAMPLE_BYTES)
+            self._last = pcm[-self.samples_per_frame * SAMPLE_BYTES :]
+            self._fades = 0
+            return pcm
         try:
             frames = self._ctx.decode(av.Packet(payload))
         except (av.error.FFmpegError, ValueError):

@@ -1,0 +1,71 @@
+"""The node's one media clock, driven by task.Clock."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from b2bua.media.tick import MAX_CATCH_UP, MediaClock
+
+
+class Member:
+    def __init__(self, name, log, fail=False):
+        self.name, self.log, self.fail = name, log, fail
+
+    def tick_up(self, now_ms):
+        if self.fail:
+            raise RuntimeError("boom")
+        self.log.append(("up", self.name, now_ms))
+
+    def tick_down(self, now_ms):
+        self.log.append(("down", self.name, now_ms))
+
+
+def test_every_uplink_goes_before_any_downlink():
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    a, b = Member("a", log), Member("b", log)
+    media.add(a)
+    media.add(b)
+    clock.advance(0.020)
+    assert [entry[0] for entry in log] == ["up", "up", "down", "down"]
+    assert {entry[1] for entry in log[:2]} == {"a", "b"}
+
+
+def test_a_late_reactor_replays_the_missed_ticks_on_the_grid():
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    media.add(Member("a", log))
+    clock.advance(0.060)  # one wake-up, three ticks due
+    ups = [t for kind, _, t in log if kind == "up"]
+    assert len(ups) == 3 and media.late_ticks == 2
+    assert [round(b - a) for a, b in zip(ups, ups[1:], strict=False)] == [20, 20]
+
+
+def test_far_behind_it_skips_instead_of_bursting():
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    media.add(Member("a", log))
+    clock.advance(0.020 * (MAX_CATCH_UP + 5))
+    assert len([e for e in log if e[0] == "up"]) == MAX_CATCH_UP
+    assert media.skipped_ticks == 5
+
+
+def test_a_failing_member_is_dropped_and_the_others_go_on():
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    bad, good = Member("bad", log, fail=True), Member("good", log)
+    media.add(bad)
+    media.add(good)
+    clock.advance(0.020)
+    clock.advance(0.020)
+    assert bad not in media.members
+    assert [e[1] for e in log if e[0] == "up"] == ["good", "good"]
+
+
+def test_the_clock_stops_with_its_last_member():
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    member = Member("a", log)
+    media.add(member)
+    media.discard(member)
+    assert clock.getDelayedCalls() == []
