@@ -94,9 +94,8 @@ class AudioBridge:
         self.closed = False
         self._configure(negotiated)
         self.aac_rate = aac_rate
-        self.aac_encoder = AacEncoder(aac_rate, 1)
+        self.aac_encoder = AacEncoder(aac_rate, 1, in_rate=self.encoder.sample_rate)
         self._aac_header_sent = False
-        self._dl_resampler: Resampler | None = None
         # uplink
         self.aac_decoder: AacDecoder | None = None
         self._asc: bytes | None = None
@@ -141,6 +140,7 @@ class AudioBridge:
         old = self.audio
         self._configure(negotiated)
         if old.codec != self.audio.codec:
+            self.aac_encoder.set_input_rate(self.encoder.sample_rate)
             self._ul_resampler = None
             self.fifo.clear()
             self._primed = False
@@ -313,14 +313,12 @@ class AudioBridge:
     def pcm_to_players(self, pcm: bytes) -> None:
         if self.players is None:
             return
-        if self._dl_resampler is None:
-            self._dl_resampler = Resampler(self.aac_rate, in_rate=self.decoder_rate())
         if not self._aac_header_sent:
             self._aac_header_sent = True
             self.players.set_audio_header(flv.build_aac_sequence_header(self.aac_rate, 1))
         if self._audio_base_ms is None:
             self._audio_base_ms = self._elapsed_ms()
-        for frame in self.aac_encoder.encode(self._dl_resampler.resample(pcm)):
+        for frame in self.aac_encoder.encode(pcm):
             ts = self._audio_base_ms + frame.pts * 1000 // self.aac_rate
             self.players.send_audio(ts, flv.build_aac_raw(frame.data))
 

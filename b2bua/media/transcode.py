@@ -397,11 +397,19 @@ class AacEncoder:
     """
 
     def __init__(
-        self, sample_rate: int, channels: int = 1, bitrate: int | None = None, *, coder: str = "fast"
+        self,
+        sample_rate: int,
+        channels: int = 1,
+        bitrate: int | None = None,
+        *,
+        coder: str = "fast",
+        in_rate: int | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self.channels = channels
+        self.in_rate = in_rate or sample_rate  # the PCM given to encode(); converted in the same pass
         layout = "stereo" if channels == 2 else "mono"
+        self._layout = layout
         ctx = av.CodecContext.create("aac", "w")
         ctx.format = "fltp"
         ctx.layout = layout
@@ -411,12 +419,22 @@ class AacEncoder:
         ctx.options = {"aac_coder": coder}
         ctx.open()
         self._ctx = ctx
-        self._to_fltp = av.AudioResampler(
-            format="fltp", layout=layout, rate=sample_rate, frame_size=AAC_FRAME_SAMPLES
-        )
+        self._to_fltp = self._resampler()
         self._in_pts = 0
         self._out_frames = 0
         self.delay = AAC_FRAME_SAMPLES
+
+    def _resampler(self) -> av.AudioResampler:
+        # one pass does it all: s16 at the input rate → fltp at the AAC rate, cut in 1024-sample frames
+        return av.AudioResampler(
+            format="fltp", layout=self._layout, rate=self.sample_rate, frame_size=AAC_FRAME_SAMPLES
+        )
+
+    def set_input_rate(self, rate: int) -> None:
+        """The PCM given to :meth:`encode` changes rate (a new codec); the AAC stream goes on."""
+        if rate != self.in_rate:
+            self.in_rate = rate
+            self._to_fltp = self._resampler()
 
     @property
     def extradata(self) -> bytes:
@@ -426,7 +444,7 @@ class AacEncoder:
         if not pcm:
             return []
         out = []
-        for frame in self._to_fltp.resample(_s16_frame(pcm, self.sample_rate)):
+        for frame in self._to_fltp.resample(_s16_frame(pcm, self.in_rate)):
             frame.pts = self._in_pts
             frame.time_base = self._ctx.time_base
             self._in_pts += frame.samples
