@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from b2bua.sip.ua import SipStack
 
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, UPDATE, REFER, NOTIFY"
+# what we accept: REFER is only sent (blind transfer), the NOTIFYs of its subscription come back
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, UPDATE, NOTIFY"
 
 
 class DialogError(ValueError):

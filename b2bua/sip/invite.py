@@ -131,7 +131,7 @@ class InviteSession:
             cseq=self._cseq,
         )
         self._add_common(request)
-        request.headers.add("Supported", "timer, replaces")
+        request.headers.add("Supported", "timer")
         for name, value in self._extra:
             request.headers.add(name, value)
         if self._challenge is not None:
