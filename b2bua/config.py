@@ -70,6 +70,7 @@ class MediaConfig:
     rtp_port_max: int = 29999
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "opus"])
     aac_sample_rate: int = 16000  # of the AAC sent to live-player (8000–48000)
+    uplink_buffer_ms: int = 40  # pusher PCM kept ready for the 20 ms tick (twice this is the cap)
     dtmf: str = "auto"  # auto: RFC 4733 when negotiated, else SIP INFO; or always "rfc4733" / "info"
 
 

@@ -195,6 +195,7 @@ class Call:
             self.players,
             self._dtmf_received,
             aac_rate=manager.config.media.aac_sample_rate,
+            uplink_buffer_ms=manager.config.media.uplink_buffer_ms,
         )
         if self.audio_header is not None:
             self.bridge.publisher_audio(0, self.audio_header)

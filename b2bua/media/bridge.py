@@ -37,8 +37,8 @@ from b2bua.wire.sdp import NegotiatedMedia, NegotiatedStream
 
 log = Logger()
 
-UPLINK_TARGET_MS = 40  # PCM kept ready for the tick; the pusher's bursts are absorbed here
-UPLINK_MAX_MS = 80  # beyond this the oldest PCM is dropped: drift never becomes delay
+UPLINK_TARGET_MS = 40  # default PCM kept ready for the tick; the pusher's bursts are absorbed here
+# beyond twice the target the oldest PCM is dropped: drift never becomes delay
 RTCP_INTERVAL_MS = 5000
 VIDEO_CLOCK = 90000
 MAX_VIDEO_PAYLOAD = 1200
@@ -85,6 +85,7 @@ class AudioBridge:
         on_dtmf: Callable[[str], None],
         aac_rate: int = 16000,
         clock: Callable[[], float] = time.time,
+        uplink_buffer_ms: int = UPLINK_TARGET_MS,
     ) -> None:
         self.media = media  # MediaLeg: sockets
         self.players = players  # the play key's player group (FLV out), or None in tests
@@ -92,6 +93,7 @@ class AudioBridge:
         self.clock = clock
         self.stats = LegStats()
         self.closed = False
+        self.uplink_target_ms = uplink_buffer_ms
         self._configure(negotiated)
         self.aac_rate = aac_rate
         self.aac_encoder = AacEncoder(aac_rate, 1, in_rate=self.encoder.sample_rate)
@@ -132,7 +134,7 @@ class AudioBridge:
         self.receiver_stats = ReceiverStats(audio.clock_rate)
         self.remote = (audio.remote_addr, audio.remote_port)
         self.remote_rtcp = (audio.remote_addr, audio.remote_rtcp_port)
-        self.stats.added_delay_ms = UPLINK_TARGET_MS + 40
+        self.stats.added_delay_ms = self.uplink_target_ms + 40
 
     def renegotiated(self, negotiated: NegotiatedMedia) -> None:
         """A re-INVITE/UPDATE changed the codec or the far end's address: keep the RTP stream
@@ -182,7 +184,7 @@ class AudioBridge:
             self._ul_resampler = Resampler(self.encoder.sample_rate)
         self.fifo.put(self._ul_resampler.resample(frames))
         rate = self.encoder.sample_rate
-        dropped = self.fifo.trim_to(UPLINK_MAX_MS * rate // 1000)
+        dropped = self.fifo.trim_to(2 * self.uplink_target_ms * rate // 1000)
         if dropped:
             self.stats.uplink_dropped_ms += dropped * 1000 / rate
 
@@ -224,7 +226,7 @@ class AudioBridge:
         samples = self.frame_samples
         level = self.fifo.level()
         if not self._primed:
-            if level >= UPLINK_TARGET_MS * self.encoder.sample_rate // 1000:
+            if level >= self.uplink_target_ms * self.encoder.sample_rate // 1000:
                 self._primed = True
             else:
                 pcm = bytes(2 * samples)  # silence until the pusher's audio is buffered

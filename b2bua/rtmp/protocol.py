@@ -76,6 +76,8 @@ MIN_ACK_WINDOW = 4096  # a peer asking for acks more often than this is ignored 
 # Chunk streams a client may use at once (FFmpeg and librtmp use 2–8). With messages of up to
 # 1 MiB each, this bounds what one connection can make us buffer.
 MAX_CHUNK_STREAMS = 24
+# a live-pusher keyframe is tens of KB; this bounds what one connection can make us buffer
+MAX_MESSAGE_SIZE = 512 * 1024
 
 
 def stream_name_key(name: str) -> str:
@@ -215,7 +217,9 @@ class RtmpServerProtocol(Protocol):
             return None
         self._handshake = None
         self._handshake_leftover = step.leftover
-        self._reader = rtmp.ChunkReader(max_chunk_streams=MAX_CHUNK_STREAMS)
+        self._reader = rtmp.ChunkReader(
+            max_message_size=MAX_MESSAGE_SIZE, max_chunk_streams=MAX_CHUNK_STREAMS
+        )
         self.state = WAIT_CONNECT
         self._arm_timer(self.factory.idle_timeout, "idle")
         return self._reader

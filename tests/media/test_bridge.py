@@ -147,3 +147,12 @@ def test_rtp_from_another_host_is_counted_and_ignored():
     bridge._rtp_in(b"garbage", FAR)
     assert bridge.stats.rtp_foreign == 1 and bridge.stats.rtp_bad == 1 and bridge.stats.rtp_received == 0
     assert leg.audio_rtp.remote is None  # nothing latched: our RTP still goes to the SDP address
+
+
+def test_a_smaller_uplink_buffer_starts_sooner_and_keeps_less():
+    leg, players = FakeLeg(), Players()
+    bridge = AudioBridge(leg, negotiated(), players, lambda d: None, uplink_buffer_ms=20)
+    for i, tag in enumerate(pusher_tags(1.0)):
+        bridge.publisher_audio(i * 23, tag)
+    assert bridge.fifo.level() <= 2 * 20 * 8  # the cap is twice the buffer: 40 ms at 8 kHz
+    assert bridge.stats.added_delay_ms == 20 + 40
