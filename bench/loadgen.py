@@ -303,7 +303,9 @@ def run_media(args, tmp: Path) -> dict:
     steps = [int(s) for s in args.steps.split(",")]
     users_needed = max(steps)
     peers = Peers(
-        tmp, list(range(1000, 1000 + users_needed)) + [ECHO_USER], gw_args=(["--hooks"] if args.hooks else [])
+        tmp,
+        list(range(1000, 1000 + users_needed)) + [ECHO_USER],
+        gw_args=(["--hooks"] if args.hooks else []) + [a for kv in args.gw_set for a in ("--set", kv)],
     )
     yield peers.start()
     asc, frames = rtmpclient.encode_tone(10.0)
@@ -670,6 +672,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     m = sub.add_parser("media")
+    m.add_argument(
+        "--gw-set",
+        action="append",
+        default=[],
+        metavar="section__key=value",
+        help="gateway config override, e.g. media__uplink_buffer_ms=20",
+    )
     m.add_argument("--steps", default="10,25,50,100,150,200,250,300,400")
     m.add_argument("--window", type=float, default=20.0)
     m.add_argument("--warmup", type=float, default=4.0)
