@@ -68,6 +68,7 @@ class Call:
         self.remote_held = False
         self.bridge: AudioBridge | None = None
         self.no_answer = False  # set when outbound_timeout cancels the call
+        self._bad_sdp: str | None = None  # why we hung up on an unusable SDP answer
         self.players = None  # the play key's PlayerGroup
         self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
         self.video_header: bytes | None = None
@@ -121,8 +122,8 @@ class Call:
         if why == "cancelled" and self.no_answer:
             why = "no answer"
         cause = _cause(status, reason_headers, why, by)
-        reason = getattr(self, "_bad_sdp", None) or _reason_text(reason_headers) or why
-        if getattr(self, "_bad_sdp", None):
+        reason = self._bad_sdp or _reason_text(reason_headers) or why
+        if self._bad_sdp:
             cause = "INCOMPATIBLE_DESTINATION"
         # a status we decided ourselves (no ACK, session timer) was never received: not reported
         received = not (by == "local" and why in ("no ACK", "session timer expired", "no answer"))

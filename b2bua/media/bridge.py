@@ -93,6 +93,7 @@ class AudioBridge:
         self.clock = clock
         self.stats = LegStats()
         self.closed = False
+        self.sender = RtpSender()  # kept across re-INVITEs: same SSRC and sequence (RFC 3550)
         self.uplink_target_ms = uplink_buffer_ms
         self._configure(negotiated)
         self.aac_rate = aac_rate
@@ -110,7 +111,9 @@ class AudioBridge:
         self._avc_record: flv.AVCDecoderConfigurationRecord | None = None
         self._video_sender = RtpSender()
         self._depacketizer = h264.Depacketizer()
-        self._video_header_sent = False
+        self._avc_out: flv.AVCDecoderConfigurationRecord | None = None  # the players' AVC header
+        self._video_ts0: int | None = None
+        self._video_base_ms = 0
         self._last_rtcp_ms = 0.0
         # players get audio and video on one timeline: milliseconds since this bridge started
         self._t0 = clock()
@@ -129,7 +132,6 @@ class AudioBridge:
         self.encoder = RtpAudioEncoder(audio.codec, channels=audio.channels)
         self.decoder = RtpAudioDecoder(audio.codec)
         self.frame_samples = self.encoder.samples_per_frame
-        self.sender = getattr(self, "sender", None) or RtpSender()
         self.jitter = JitterBuffer(audio.clock_rate, ptime_ms=20)
         self.receiver_stats = ReceiverStats(audio.clock_rate)
         self.remote = (audio.remote_addr, audio.remote_port)
@@ -453,7 +455,7 @@ class AudioBridge:
             if record != self._avc_out:
                 self._avc_out = record
                 self.players.set_video_header(flv.build_avc_sequence_header(record))
-        if getattr(self, "_avc_out", None) is None:
+        if self._avc_out is None:
             return  # no parameter sets yet: a player could not decode anything
         nalus = [n for n in unit.nalus if h264.nal_type(n) not in (7, 8, 9)]
         if not nalus:
@@ -465,6 +467,3 @@ class AudioBridge:
         ts_ms = self._video_base_ms + delta // (VIDEO_CLOCK // 1000)
         self.players.send_video(ts_ms, flv.build_avc_nalus(nalus, keyframe), keyframe)
 
-    _avc_out = None
-    _video_ts0: int | None = None
-    _video_base_ms = 0

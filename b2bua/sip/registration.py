@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from b2bua.wire.digest import Challenge, DigestClient, DigestError
 from b2bua.wire.sip import Response
+from b2bua.wire.sipuri import NameAddr, UriError
 
 if TYPE_CHECKING:
     from b2bua.sip.ua import SipStack
@@ -260,8 +261,6 @@ class Registration:
 
 def _granted_expires(response: Response, contact, requested: int) -> int:
     """The expiry the registrar granted our Contact (RFC 3261 §10.2.4)."""
-    from b2bua.wire.sipuri import NameAddr, UriError
-
     for value in response.headers.get_all("Contact"):
         try:
             addr = NameAddr.parse(value)

@@ -8,27 +8,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.integration.gateway import start_gateway
 from tests.integration.helpers import sleep, wait_until
 from tests.peers.ports import free_port
 from tests.peers.wsclient import RpcError, WsClient
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gateway_factory():
-    started = []
-
-    def make(kam_host, kam_port, **overrides):
-        overrides.setdefault("websocket__login_attempts_per_minute", 100_000)
-        gw = start_gateway(kam_host, kam_port, **overrides)
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
 
 
 def mine(gw, kamailio):

@@ -24,7 +24,6 @@ from twisted.internet import defer, ssl, threads
 from twisted.logger import formatEvent, globalLogPublisher
 
 from b2bua.auth.tokens import issue_token
-from tests.integration.gateway import start_gateway
 from tests.integration.helpers import sleep
 from tests.peers.ports import free_port
 from tests.peers.wsclient import RpcError, WsClient
@@ -84,20 +83,6 @@ FREESWITCH_DEFAULT_XML = """<include>
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def gateway_factory():
-    started = []
-
-    def make(kam_host, kam_port, **overrides):
-        overrides.setdefault("websocket__login_attempts_per_minute", 100_000)
-        gw = start_gateway(kam_host, kam_port, **overrides)
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
-
 
 def self_signed(tmp_path) -> tuple[str, str, bytes]:
     """(key path, cert path, cert PEM) of a fresh self-signed certificate for 127.0.0.1."""
@@ -112,14 +97,18 @@ def self_signed(tmp_path) -> tuple[str, str, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     cert_path.write_bytes(cert_pem)
     return str(key_path), str(cert_path), cert_pem
@@ -158,8 +147,10 @@ def plain_bytes_to(port: int) -> tuple[bytes, bool]:
     """Speak plain HTTP (a WebSocket upgrade) to a TLS port: (everything received, closed by the peer)."""
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         try:
             while True:
                 chunk = s.recv(4096)
@@ -201,12 +192,16 @@ def login_error(gw, params, url=None):
 
 # -- 1. wss ------------------------------------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_wss_login_registers_and_plain_tcp_on_tls_port_gets_nothing(kamailio, gateway_factory, tmp_path):
     key, cert, cert_pem = self_signed(tmp_path)
     port = free_port("tcp")
-    gw = gateway_factory(kamailio.host, kamailio.port,
-                         websocket__tls_listen=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    gw = gateway_factory(
+        kamailio.host,
+        kamailio.port,
+        websocket__tls_listen=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+    )
     wss = f"wss://127.0.0.1:{port}/ws"
     trust = ssl.optionsForClientTLS("127.0.0.1", trustRoot=ssl.Certificate.loadPEM(cert_pem))
 
@@ -252,13 +247,19 @@ def test_wss_login_registers_and_plain_tcp_on_tls_port_gets_nothing(kamailio, ga
 
 # -- 2. token logins ---------------------------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_token_login_from_yaml_users(kamailio, gateway_factory, tmp_path):
     secret = secrets.token_hex(16)
     users = tmp_path / "users.yaml"
     users.write_text(USERS_YAML)
-    gw = gateway_factory(kamailio.host, kamailio.port, auth__token_secret=secret,
-                         auth__users_source="yaml", auth__users_path=str(users))
+    gw = gateway_factory(
+        kamailio.host,
+        kamailio.port,
+        auth__token_secret=secret,
+        auth__users_source="yaml",
+        auth__users_path=str(users),
+    )
     key = secret.encode()
     token = issue_token(key, "1005", ttl=60, now=time.time())
 
@@ -315,11 +316,17 @@ def test_token_login_from_freeswitch_directory(kamailio, gateway_factory, tmp_pa
     (directory / "default").mkdir(parents=True)
     (directory / "default.xml").write_text(FREESWITCH_DEFAULT_XML)
     (directory / "default" / "1006.xml").write_text(FREESWITCH_USER_XML.format(user="1006"))
-    gw = gateway_factory(kamailio.host, kamailio.port, auth__token_secret=secret,
-                         auth__users_source="freeswitch", auth__users_path=str(directory))
+    gw = gateway_factory(
+        kamailio.host,
+        kamailio.port,
+        auth__token_secret=secret,
+        auth__users_source="freeswitch",
+        auth__users_path=str(directory),
+    )
     client = yield WsClient.connect(gw.ws_url)
-    result = yield client.request("login", {"token": issue_token(secret.encode(), "1006", ttl=60,
-                                                                 now=time.time())})
+    result = yield client.request(
+        "login", {"token": issue_token(secret.encode(), "1006", ttl=60, now=time.time())}
+    )
     assert result["user"] == "1006"
     yield client.wait_event("registered")
     assert list(mine(gw, kamailio)) == ["1006"]
@@ -332,6 +339,7 @@ def test_token_login_from_freeswitch_directory(kamailio, gateway_factory, tmp_pa
 
 
 # -- 3. password logins disabled ---------------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_password_login_disabled_is_method_not_allowed(kamailio, gateway_factory):
@@ -351,6 +359,7 @@ def test_password_login_disabled_is_method_not_allowed(kamailio, gateway_factory
 
 
 # -- 4. OPTIONS keepalive and /healthz ---------------------------------------------------------------------
+
 
 @pytest_twisted.inlineCallbacks
 def test_options_keepalive_drives_healthz(kamailio, gateway_factory):
@@ -372,6 +381,7 @@ def test_options_keepalive_drives_healthz(kamailio, gateway_factory):
 
 # -- 5. secrets never logged -------------------------------------------------------------------------------
 
+
 @pytest_twisted.inlineCallbacks
 def test_logs_hold_no_password_token_or_digest_response(kamailio_factory, gateway_factory, tmp_path):
     password = "Quokka-" + secrets.token_hex(6)
@@ -389,8 +399,13 @@ def test_logs_hold_no_password_token_or_digest_response(kamailio_factory, gatewa
 
     globalLogPublisher.addObserver(observer)
     try:
-        gw = gateway_factory(kamailio.host, kamailio.port, auth__token_secret=secret,
-                             auth__users_source="yaml", auth__users_path=str(users))
+        gw = gateway_factory(
+            kamailio.host,
+            kamailio.port,
+            auth__token_secret=secret,
+            auth__users_source="yaml",
+            auth__users_path=str(users),
+        )
         token = issue_token(secret.encode(), "1011", ttl=60, now=time.time())
         a = yield WsClient.connect(gw.ws_url)
         b = yield WsClient.connect(gw.ws_url)

@@ -1,0 +1,24 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.gateway import start_gateway
+
+
+@pytest.fixture
+def gateway_factory():
+    """Start in-process gateways against a PBX (``make(host, port, section__key=value…)``);
+    all are stopped at the end. Login rate limiting is lifted unless a test sets it."""
+    started = []
+
+    def make(kam_host, kam_port, **overrides):
+        overrides.setdefault("websocket__login_attempts_per_minute", 100_000)
+        gw = start_gateway(kam_host, kam_port, **overrides)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
