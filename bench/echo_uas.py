@@ -1,6 +1,7 @@
-"""A far-end phone for the benchmarks: SIP UAS that answers every INVITE at once (PCMU) and
-echoes RTP, recording each packet's arrival time, so RTP loss and lateness against the 20 ms
-grid are measured where the packets land.
+"""A far-end phone for the benchmarks: SIP UAS that answers every INVITE at once (PCMU),
+retransmits that 2xx until its ACK comes (RFC 3261 §13.3.1.4: no proxy does it), and echoes
+RTP, recording each packet's arrival time, so RTP loss and lateness against the 20 ms grid are
+measured where the packets land.
 
     python bench/echo_uas.py            # prints {"sip_port", "rtp_port"} then reads commands
 
@@ -17,6 +18,7 @@ we could not separate. This UAS costs about 10 µs of CPU per echoed packet.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import selectors
@@ -28,6 +30,7 @@ from array import array
 HOST = "127.0.0.1"
 PTIME = 0.020
 LATE_MS = 5.0
+T1, T2 = 0.5, 4.0  # RFC 3261 timers: the 2xx to an INVITE is retransmitted until its ACK (§13.3.1.4)
 
 
 def _headers(msg: str) -> tuple[str, list[tuple[str, str]]]:
@@ -50,6 +53,7 @@ def hget(headers, name: str) -> list[str]:
 class EchoUas:
     def __init__(self) -> None:
         self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sip.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sip.bind((HOST, 0))
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -65,6 +69,12 @@ class EchoUas:
         self.rtp_port = self.rtp.getsockname()[1]
         self.answered: dict[str, bytes] = {}
         self.invites = self.byes = 0
+        self.invite_retrans = self.bye_retrans = self.acks = self.ok_retrans = self.no_ack = 0
+        # 2xx awaiting their ACK: Call-ID → (response, addr, interval, give-up time); the heap
+        # holds (due time, Call-ID) and entries whose call was ACKed are skipped when they come up
+        self.unacked: dict[str, tuple[bytes, tuple, float, float]] = {}
+        self.retrans_heap: list[tuple[float, str]] = []
+        self.calls_seen: dict[str, str] = {}  # Call-ID → requests seen, in order (I, A, B), for the window
         self.reset()
 
     def reset(self) -> None:
@@ -72,6 +82,7 @@ class EchoUas:
         self.t: dict[tuple, array] = {}
         self.seq: dict[tuple, array] = {}
         self.window_start = time.monotonic()
+        self.calls_seen = {}
 
     # -- SIP ----------------------------------------------------------------------------------------
     def on_sip(self, data: bytes, addr) -> None:
@@ -80,11 +91,16 @@ class EchoUas:
         if start.startswith("SIP/2.0"):
             return
         method = start.split(" ", 1)[0]
-        if method == "ACK":
-            return
         call_id = (hget(headers, "call-id") or [""])[0]
+        if len(self.calls_seen) < 100_000 or call_id in self.calls_seen:
+            self.calls_seen[call_id] = self.calls_seen.get(call_id, "") + method[0]
+        if method == "ACK":
+            self.acks += 1
+            self.unacked.pop(call_id, None)
+            return
         if method == "INVITE":
             if call_id in self.answered:
+                self.invite_retrans += 1
                 self.sip.sendto(self.answered[call_id], addr)
                 return
             self.invites += 1
@@ -98,10 +114,15 @@ class EchoUas:
                 self.answered.clear()
             self.answered[call_id] = resp
             self.sip.sendto(resp, addr)
+            now = time.monotonic()
+            self.unacked[call_id] = (resp, addr, T1, now + 64 * T1)
+            heapq.heappush(self.retrans_heap, (now + T1, call_id))
         else:
             if method == "BYE":
                 self.byes += 1
-                self.answered.pop(call_id, None)
+                if self.answered.pop(call_id, None) is None:
+                    self.bye_retrans += 1
+                self.unacked.pop(call_id, None)
             self.sip.sendto(self.response(headers, "200 OK"), addr)
 
     def response(self, headers, status: str, totag: bool = False, body: str = "", rr: bool = False) -> bytes:
@@ -121,6 +142,27 @@ class EchoUas:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body.encode())}")
         return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+    def retransmit_2xx(self) -> float:
+        """Resend the 2xx whose ACK is late (T1, 2·T1 … capped at T2; given up after 64·T1);
+        returns the seconds until the next one is due (at most 1)."""
+        heap, now = self.retrans_heap, time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, call_id = heapq.heappop(heap)
+            entry = self.unacked.get(call_id)
+            if entry is None:
+                continue
+            resp, addr, interval, give_up = entry
+            if now >= give_up:
+                del self.unacked[call_id]
+                self.no_ack += 1
+                continue
+            self.sip.sendto(resp, addr)
+            self.ok_retrans += 1
+            interval = min(2 * interval, T2)
+            self.unacked[call_id] = (resp, addr, interval, give_up)
+            heapq.heappush(heap, (now + interval, call_id))
+        return min(1.0, heap[0][0] - now) if heap else 1.0
 
     # -- RTP ----------------------------------------------------------------------------------------
     def on_rtp(self) -> None:
@@ -173,6 +215,12 @@ class EchoUas:
             "streams": streams,
             "invites": self.invites,
             "byes": self.byes,
+            "invite_retrans": self.invite_retrans,
+            "bye_retrans": self.bye_retrans,
+            "acks": self.acks,
+            "ok_retrans": self.ok_retrans,
+            "no_ack": self.no_ack,
+            "calls_seen": self.calls_seen,
         }
 
     # -- loop -----------------------------------------------------------------------------------------
@@ -189,7 +237,7 @@ class EchoUas:
         )
         stdin_buf = b""
         while True:
-            for key, _ in sel.select(1.0):
+            for key, _ in sel.select(self.retransmit_2xx()):
                 what = key.data
                 if what == "rtp":
                     self.on_rtp()

@@ -115,6 +115,58 @@ class GcWatch:
 GC = GcWatch()
 
 
+def _msg_key(message) -> tuple:
+    """What tells one SIP message from a retransmission of it: kind, top Via branch, CSeq, status."""
+    via = message.headers.get("Via") or ""
+    branch = via.split("branch=", 1)[1].split(";", 1)[0] if "branch=" in via else via
+    status = getattr(message, "status", None)
+    return (status is None, branch, message.headers.get("CSeq"), status)
+
+
+class SipCounter:
+    """SIP messages in and out of the gateway by kind (``INVITE`` or ``200 INVITE``) and how many
+    of them were retransmissions (the same branch + CSeq + status seen before in this window)."""
+
+    def __init__(self, transport) -> None:
+        self.reset()
+        orig_send, orig_handler = transport.send, transport.handler
+
+        def send(message, target):
+            self._count(message, self.out, self.out_seen, self.out_retrans)
+            return orig_send(message, target)
+
+        def handler(message, source):
+            self._count(message, self.inc, self.in_seen, self.in_retrans)
+            return orig_handler(message, source)
+
+        transport.send, transport.handler = send, handler
+
+    def reset(self) -> None:
+        self.out: dict[str, int] = {}
+        self.inc: dict[str, int] = {}
+        self.out_retrans: dict[str, int] = {}
+        self.in_retrans: dict[str, int] = {}
+        self.out_seen: set = set()
+        self.in_seen: set = set()
+
+    @staticmethod
+    def _count(message, counts, seen, retrans) -> None:
+        status = getattr(message, "status", None)
+        kind = message.method if status is None else f"{status} {message.headers.get('CSeq', '').split()[-1]}"
+        counts[kind] = counts.get(kind, 0) + 1
+        key = _msg_key(message)
+        if key in seen:
+            retrans[kind] = retrans.get(kind, 0) + 1
+        elif len(seen) < 200_000:
+            seen.add(key)
+
+    def take(self) -> dict:
+        out = {"out": self.out, "in": self.inc}
+        out.update(out_retrans=self.out_retrans, in_retrans=self.in_retrans)
+        self.reset()
+        return out
+
+
 class Control(LineReceiver):
     delimiter = b"\n"
 
@@ -122,6 +174,7 @@ class Control(LineReceiver):
         self.node = node
         self.hooks = hooks
         self.register_sends: list[float] = []
+        self.sip: SipCounter | None = None
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         cmd, _, arg = line.decode().strip().partition(" ")
@@ -163,6 +216,22 @@ class Control(LineReceiver):
         out["uplink_underruns"] = sum(s.uplink_underruns for s in stats)
         out["uplink_dropped_ms"] = sum(s.uplink_dropped_ms for s in stats)
         out["concealed_ms"] = sum(s.concealed_ms for s in stats)
+        if self.sip is not None:
+            out["sip"] = self.sip.take()
+        live = []
+        for c in list(calls.calls.values())[:200]:  # where unfinished calls stand
+            inv = getattr(c, "invite", None)
+            txn = getattr(inv, "_txn", None)
+            live.append(
+                {
+                    "call": c.id,
+                    "state": c.state,
+                    "invite": getattr(inv, "state", None),
+                    "sip_call_id": getattr(inv, "call_id", None),
+                    "txn": getattr(txn, "state", None),
+                }
+            )
+        out["live_calls"] = live
         if self.hooks is not None:
             out["latency"] = self.hooks.take()
         return out
@@ -193,6 +262,8 @@ def main() -> None:
             return _orig(message, target)
 
         node.stack.transport.send = send
+    if transport_send is not None:
+        control.sip = SipCounter(node.stack.transport)
     node.startService()
     stdio.StandardIO(control)
 

@@ -222,11 +222,14 @@ class User:
 
 
 # ------------------------------------------------------------------------------------------ media
-def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3) -> dict:
-    """Bare PyAV cost of one call's streams (single thread, this process): ms CPU per second of
-    audio. Uplink: AAC 44.1 kHz mono decode → resample s16 8 kHz → pcm_mulaw encode (160-sample
-    frames). Downlink: pcm_mulaw decode → resample fltp 16 kHz (1024-sample frames) → AAC
-    encode (aac_coder=fast, 32 kb/s, as the gateway configures it)."""
+def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3, streams: int = 1) -> dict:
+    """Bare PyAV cost of the calls' streams (single thread, this process): ms CPU per second of
+    audio of one call. Uplink: AAC 44.1 kHz mono decode → resample s16 8 kHz → pcm_mulaw encode
+    (160-sample frames). Downlink: pcm_mulaw decode → resample fltp 16 kHz (1024-sample frames)
+    → AAC encode, configured as the gateway configures it (aac_coder=fast, 32 kb/s).
+    With ``streams`` > 1, that many independent calls run side by side, 20 ms of each in turn
+    as a media tick does, so the codecs' working sets compete for the caches as they do in the
+    gateway; ``seconds`` of audio each. Making the codec contexts is not counted."""
     from fractions import Fraction
 
     import av
@@ -235,8 +238,7 @@ def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3
     n = int(seconds * 44100 / 1024)
     packets = [frames[i % len(frames)] for i in range(n)]
 
-    def up() -> tuple[float, list[bytes]]:
-        t0 = time.process_time()
+    def up_pipeline():
         dec = av.CodecContext.create("aac", "r")
         dec.extradata = asc
         rs = av.AudioResampler(format="s16", layout="mono", rate=8000)
@@ -244,25 +246,23 @@ def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3
         enc.format, enc.layout, enc.sample_rate = "s16", "mono", 8000
         enc.time_base = Fraction(1, 8000)
         enc.open()
-        buf = bytearray()
-        out = []
-        pts = 0
-        for data in packets:
-            for frame in dec.decode(av.Packet(data)):
-                for r in rs.resample(frame):
-                    buf += bytes(r.planes[0])[: r.samples * 2]
-            while len(buf) >= 320:
-                f = av.AudioFrame.from_ndarray(
-                    np.frombuffer(bytes(buf[:320]), np.int16)[None, :], format="s16", layout="mono"
-                )
-                del buf[:320]
-                f.sample_rate, f.pts = 8000, pts
-                pts += 160
-                out += [bytes(p) for p in enc.encode(f)]
-        return time.process_time() - t0, out
+        return dec, rs, enc, bytearray(), [0], []
 
-    def down(payloads: list[bytes]) -> float:
-        t0 = time.process_time()
+    def up_step(state, data: bytes) -> None:
+        dec, rs, enc, buf, pts, out = state
+        for frame in dec.decode(av.Packet(data)):
+            for r in rs.resample(frame):
+                buf += bytes(r.planes[0])[: r.samples * 2]
+        while len(buf) >= 320:
+            f = av.AudioFrame.from_ndarray(
+                np.frombuffer(bytes(buf[:320]), np.int16)[None, :], format="s16", layout="mono"
+            )
+            del buf[:320]
+            f.sample_rate, f.pts = 8000, pts[0]
+            pts[0] += 160
+            out += [bytes(p) for p in enc.encode(f)]
+
+    def down_pipeline():
         dec = av.CodecContext.create("pcm_mulaw", "r")
         dec.sample_rate, dec.layout = 8000, "mono"
         rs = av.AudioResampler(format="fltp", layout="mono", rate=16000, frame_size=1024)
@@ -272,29 +272,47 @@ def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3
         enc.bit_rate = 32000
         enc.options = {"aac_coder": "fast"}
         enc.open()
-        pts = 0
-        for data in payloads:
-            for frame in dec.decode(av.Packet(data)):
-                for r in rs.resample(frame):
-                    r.pts = pts
-                    pts += r.samples
-                    for _ in enc.encode(r):
-                        pass
+        return dec, rs, enc, [0]
+
+    def down_step(state, data: bytes) -> None:
+        dec, rs, enc, pts = state
+        for frame in dec.decode(av.Packet(data)):
+            for r in rs.resample(frame):
+                r.pts = pts[0]
+                pts[0] += r.samples
+                for _ in enc.encode(r):
+                    pass
+
+    def up() -> tuple[float, list[list[bytes]]]:
+        states = [up_pipeline() for _ in range(streams)]
+        t0 = time.process_time()
+        for data in packets:
+            for st in states:
+                up_step(st, data)
+        return time.process_time() - t0, [st[-1] for st in states]
+
+    def down(payloads: list[list[bytes]]) -> float:
+        states = [down_pipeline() for _ in range(streams)]
+        t0 = time.process_time()
+        for k in range(min(len(p) for p in payloads)):
+            for st, p in zip(states, payloads, strict=True):
+                down_step(st, p[k])
         return time.process_time() - t0
 
-    up()
-    down(up()[1][:50])  # noqa: E702 warm-up
+    down(up()[1])  # warm-up
     ups, downs = [], []
     for _ in range(repeat):
         t, payloads = up()
         ups.append(t)
         downs.append(down(payloads))
+    audio_s = streams * seconds
     return {
         "seconds": seconds,
-        "uplink_ms_per_s": min(ups) * 1000 / seconds,
-        "downlink_ms_per_s": min(downs) * 1000 / seconds,
-        "total_ms_per_s": (min(ups) + min(downs)) * 1000 / seconds,
-        "rtp_packets": len(payloads),
+        "streams": streams,
+        "uplink_ms_per_s": min(ups) * 1000 / audio_s,
+        "downlink_ms_per_s": min(downs) * 1000 / audio_s,
+        "total_ms_per_s": (min(ups) + min(downs)) * 1000 / audio_s,
+        "rtp_packets": sum(len(p) for p in payloads),
     }
 
 
@@ -477,11 +495,20 @@ def run_media(args, tmp: Path) -> dict:
         yield defer.DeferredList([u.hangup() for u in users if u.call], consumeErrors=True)
         os.sched_setaffinity(0, {GW_CORE})
         result["codec_floor"] = codec_floor(asc, frames, args.window)
+        # the same codec work for as many calls side by side as the largest step, same caches
+        result["codec_floor_interleaved"] = {
+            str(s["calls"]): codec_floor(asc, frames, 3.0, repeat=1, streams=s["calls"])
+            for s in result["steps"][-1:]
+        }
         os.sched_setaffinity(0, {LOAD_CORE})
         floor = result["codec_floor"]["total_ms_per_s"]
         for s in result["steps"]:
             s["ratio_to_codec_floor"] = s["gw_cpu_ms_per_call_s"] / floor
+            inter = result["codec_floor_interleaved"].get(str(s["calls"]))
+            if inter:
+                s["ratio_to_codec_floor_interleaved"] = s["gw_cpu_ms_per_call_s"] / inter["total_ms_per_s"]
         log(f"codec floor {result['codec_floor']}")
+        log(f"codec floor, interleaved {result['codec_floor_interleaved']}")
     finally:
         for u in users:
             for c in (u.pub, u.play):
@@ -585,6 +612,43 @@ def run_register(args, tmp: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------- call setup
+def group_cpu(pgid: int) -> float:
+    """utime + stime, seconds, summed over the live processes of process group ``pgid``
+    (Kamailio runs in its own group: main process + UDP/TCP/timer children)."""
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def udp_drops(ports: dict[str, int]) -> dict[str, int]:
+    """The kernel's receive-drop counter of the UDP sockets bound to 127.0.0.1:<port>
+    (/proc/net/udp "drops", cumulative since the socket was made), by name."""
+    by_port = {}
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            by_port[int(cols[1].split(":")[1], 16)] = int(cols[12])
+    return {name: by_port.get(port, -1) for name, port in ports.items()}
+
+
+def udp_snmp() -> dict[str, int]:
+    """Host-wide UDP counters (/proc/net/snmp): InErrors, RcvbufErrors, SndbufErrors."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    d = dict(zip(rows[0][1:], map(int, rows[1][1:]), strict=True))
+    return {k: d.get(k, 0) for k in ("InErrors", "RcvbufErrors", "SndbufErrors")}
+
+
 @defer.inlineCallbacks
 def run_setup(args, tmp: Path) -> dict:
     peers = Peers(tmp, list(range(1000, 1000 + args.sessions)) + [ECHO_USER])
@@ -595,20 +659,53 @@ def run_setup(args, tmp: Path) -> dict:
         yield defer.DeferredList([u.login(peers.gw.info["ws_url"]) for u in users])
         calls_by_user = {u: 0 for u in users}
 
+        stages: dict[str, int] = {}  # where each failed call stopped
+        stuck: list[str] = []  # gateway call ids of the calls that never saw "answered"
+
         @defer.inlineCallbacks
         def one_call(u: User):
             calls_by_user[u] += 1
-            res = yield u.ws.request("call", {"to": ECHO_USER})
-            call = res["call"]
-            yield u.wait("answered", call)
-            yield u.ws.request("hangup", {"call": call})
-            ev = yield u.wait("hangup", call)
-            if ev.get("cause") != "NORMAL_CLEARING":
-                raise RuntimeError(f"hangup cause {ev.get('cause')}")
+            stage, call = "call request", None
+            try:
+                res = yield u.ws.request("call", {"to": ECHO_USER})
+                call = res["call"]
+                stage = "answered event"
+                yield u.wait("answered", call)
+                stage = "hangup request"
+                yield u.ws.request("hangup", {"call": call})
+                stage = "hangup event"
+                ev = yield u.wait("hangup", call)
+                if ev.get("cause") != "NORMAL_CLEARING":
+                    raise RuntimeError(f"hangup cause {ev.get('cause')}")
+            except Exception:
+                stages[stage] = stages.get(stage, 0) + 1
+                if stage == "answered event" and call is not None:
+                    stuck.append(call)
+                raise
+
+        ports = {"gateway": peers.gw.info["sip_port"], "kamailio": peers.kam.port}
+        if peers.echo is not None:
+            ports["echo"] = peers.echo.info["sip_port"]
+
+        def cpu_now() -> dict[str, float]:
+            out = {"gateway": proc_cpu(peers.gw_pid), "loadgen": proc_cpu()}
+            out["kamailio"] = group_cpu(peers.kam.pid)
+            if peers.echo is not None:
+                out["echo"] = proc_cpu(peers.echo.info["pid"])
+            return out
+
+        def util(a: dict, b: dict, secs: float) -> dict[str, float]:
+            return {k: round((b[k] - a[k]) / secs, 3) for k in a}
 
         @defer.inlineCallbacks
         def offer(rate: float, seconds: float) -> dict:
             yield peers.gw.stats(tmp)
+            if peers.echo is not None:
+                peers.echo.transport.write(b"reset\n")  # echo answers no "ok" to reset
+            stages.clear()
+            stuck.clear()
+            drops0, snmp0 = udp_drops(ports), udp_snmp()
+            cpu_all0 = cpu_now()
             cpu0 = proc_cpu(peers.gw_pid)
             total = int(rate * seconds)
             ds = []
@@ -627,10 +724,21 @@ def run_setup(args, tmp: Path) -> dict:
                 acc += per_tick
                 yield sleep(tick)
             offered_s = time.monotonic() - t0
+            cpu_all1 = cpu_now()
             res = yield defer.DeferredList(ds, consumeErrors=True)
             done_s = time.monotonic() - t0
+            cpu_all2 = cpu_now()
+            drops1, snmp1 = udp_drops(ports), udp_snmp()
             fails = [str(r[1].value)[:120] for r in res if not r[0]]
             gw = yield peers.gw.stats(tmp)
+            echo = (yield peers.echo.stats(tmp)) if peers.echo is not None else {}
+            seen = echo.pop("calls_seen", {})
+            live = {c["call"]: c for c in gw.get("live_calls", [])}
+            stuck_detail = []
+            for call in stuck[:20]:
+                c = live.get(call, {"call": call, "state": "gone"})
+                c["echo_saw"] = seen.get(c.get("sip_call_id") or "", "")
+                stuck_detail.append(c)
             samples = [s * 1000 for s in gw["setup_samples"]]
             return {
                 "offered_rate": rate,
@@ -644,6 +752,20 @@ def run_setup(args, tmp: Path) -> dict:
                 "setup_ms_p99": pct(samples, 99),
                 "setup_ms_max": max(samples, default=None),
                 "gw_cpu_util": (proc_cpu(peers.gw_pid) - cpu0) / done_s,
+                # CPU (fraction of one core) while calls were being offered, and over the whole step
+                "cpu_util_offering": util(cpu_all0, cpu_all1, offered_s),
+                "cpu_util_step": util(cpu_all0, cpu_all2, done_s),
+                "udp_drops": {k: drops1[k] - drops0[k] for k in drops0},
+                "udp_snmp": {k: snmp1[k] - snmp0[k] for k in snmp0},
+                "gw_sip": gw.get("sip"),
+                "gw_gc": gw.get("gc"),
+                "echo_sip": {
+                    k: echo.get(k)
+                    for k in ("invites", "invite_retrans", "acks", "ok_retrans", "no_ack", "byes")
+                    + ("bye_retrans",)
+                },
+                "failed_at": dict(stages),
+                "stuck_calls": stuck_detail,
             }
 
         yield offer(20, 2)  # warm-up

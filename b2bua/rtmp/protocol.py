@@ -80,6 +80,36 @@ MAX_CHUNK_STREAMS = 24
 MAX_MESSAGE_SIZE = 512 * 1024
 
 
+def send_now(transport: Any, data: bytes) -> None:
+    """Write to a TCP transport, straight to its socket when nothing is queued before it.
+
+    ``transport.write`` registers the socket for writability and sends at the next poll: two
+    ``epoll_ctl`` calls and a reactor round per media message to every player. When Twisted's
+    buffer is empty (the usual case: a player keeps up) one ``send`` does it now; whatever the
+    kernel does not take goes through ``transport.write``, behind nothing, so order holds.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is None
+        or getattr(transport, "TLS", True)
+        or transport.dataBuffer
+        or transport._tempDataBuffer
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        transport.write(data)  # let Twisted meet the error and close the connection its way
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
 def stream_name_key(name: str) -> str:
     """The stream key in a ``publish``/``play`` name: the query (``KEY?token=…``) stripped."""
     return name.split("?", 1)[0].strip("/")
@@ -519,7 +549,7 @@ class RtmpServerProtocol(Protocol):
         if self._paused:
             self._backlog += len(data)
         self._metrics.bytes_out.inc(len(data))
-        self.transport.write(data)
+        send_now(self.transport, data)
 
     def _send(self, message: Message) -> None:
         self._write(self._writer.write(message))

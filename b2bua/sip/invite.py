@@ -85,6 +85,7 @@ class InviteSession:
         self._cseq = 0
         self._we_are: str | None = None
         self._late_answers: set[str] = set()  # To tags of 2xx that came after we gave up
+        self._ended_uac: _EndedUac | None = None
         self._bye_after_ack = False
 
     def __repr__(self) -> str:
@@ -155,7 +156,7 @@ class InviteSession:
             return
         if self.state == "terminated":
             if 200 <= status < 300:
-                self._ack_and_bye_late_answer(response)
+                self._after_end().on_2xx(response)
             return
         if status < 200:
             self._got_provisional = True
@@ -228,18 +229,10 @@ class InviteSession:
         except Exception as e:
             log.warn("ACK retransmission failed: {e}", e=e)
 
-    def _ack_and_bye_late_answer(self, response: Response) -> None:
-        try:
-            dialog = Dialog.for_uac(self.invite, response)
-        except DialogError:
-            return
-        ack = dialog.new_request(self.stack, "ACK", cseq=self.invite.cseq[0])
-        self.stack.send_request(ack, _ignore, target=dialog.next_hop())
-        if dialog.remote_tag in self._late_answers:
-            return  # a retransmission of the same late 2xx: ACK it again, the BYE is under way
-        self._late_answers.add(dialog.remote_tag)
-        bye = dialog.new_request(self.stack, "BYE")
-        self.stack.send_request(bye, _ignore, target=dialog.next_hop())
+    def _after_end(self) -> _EndedUac:
+        if self._ended_uac is None:
+            self._ended_uac = _EndedUac(self.stack, self.invite, self.dialog, self._ack, self._late_answers)
+        return self._ended_uac
 
     def _send_cancel(self) -> None:
         self._cancel_pending = False
@@ -618,6 +611,10 @@ class InviteSession:
         for name in list(self._timers):
             self._cancel_timer(name)
         self._pending_2xx = None
+        if self.role == "uac" and self._txn is not None and self.invite is not None:
+            # our INVITE's transaction outlives the call (Timer M, 32 s): it passes 2xx on to
+            # a small handler, not to this session and, through the listener, the whole call
+            self._txn.on_response = self._after_end().on_response
         if self._reinvite is not None and not self._reinvite.called:
             d, self._reinvite = self._reinvite, None
             d.callback((487, None))
@@ -626,6 +623,44 @@ class InviteSession:
             self.listener.invite_ended(self, status, reason_headers, by, why)
         except Exception:
             log.failure("invite_ended listener failed")
+
+
+class _EndedUac:
+    """What an ended UAC session still does with 2xx to its INVITE (§13.2.2.4): ACK each one;
+    a 2xx from a dialog that was never confirmed (it came after we gave up, or forked) also
+    gets a BYE, once per To tag. A retransmission of the confirmed dialog's 2xx (our ACK was
+    lost) is only ACKed again: that dialog has had its BYE."""
+
+    def __init__(self, stack: SipStack, invite: Request, dialog: Dialog | None, ack: Request | None,
+                 late_answers: set[str]) -> None:
+        self.stack = stack
+        self.invite = invite
+        self.dialog = dialog
+        self.ack = ack
+        self.late_answers = late_answers
+
+    def on_response(self, response: Response) -> None:
+        if 200 <= response.status < 300:
+            self.on_2xx(response)
+
+    def on_2xx(self, response: Response) -> None:
+        try:
+            dialog = Dialog.for_uac(self.invite, response)
+        except DialogError:
+            return
+        if self.dialog is not None and self.ack is not None and dialog.remote_tag == self.dialog.remote_tag:
+            try:
+                self.stack.send(self.ack, self.dialog.next_hop())
+            except Exception as e:
+                log.warn("ACK retransmission failed: {e}", e=e)
+            return
+        ack = dialog.new_request(self.stack, "ACK", cseq=self.invite.cseq[0])
+        self.stack.send_request(ack, _ignore, target=dialog.next_hop())
+        if dialog.remote_tag in self.late_answers:
+            return  # a retransmission of the same late 2xx: ACK it again, the BYE is under way
+        self.late_answers.add(dialog.remote_tag)
+        bye = dialog.new_request(self.stack, "BYE")
+        self.stack.send_request(bye, _ignore, target=dialog.next_hop())
 
 
 class InviteStateError(Exception):

@@ -283,6 +283,12 @@ class ClientTransaction(_Transaction):
         """Stop every timer and forget the transaction; the TU is not called."""
         self._terminate()
 
+    def _release_tu(self) -> None:
+        """Drop the reference to the TU once it can no longer be called: a completed transaction
+        lingers for Timer D/K (32 s / 5 s on UDP) and must not keep the TU's whole call alive
+        (at 400 calls/s that is ~13,000 finished calls for the cyclic GC to walk)."""
+        self.on_response = _no_tu
+
     def _start(self) -> None:
         raise NotImplementedError
 
@@ -361,6 +367,8 @@ class InviteClientTransaction(ClientTransaction):
                     else:
                         self._terminate()
             self._notify(response)
+            if self.state in (COMPLETED, TERMINATED):
+                self._release_tu()  # retransmitted finals are ACKed here, never passed up
         elif self.state == ACCEPTED:
             if 200 <= code < 300:
                 self._notify(response)  # RFC 6026: 2xx retransmissions and forked 2xx go to the TU
@@ -414,6 +422,8 @@ class NonInviteClientTransaction(ClientTransaction):
             else:
                 self._terminate()
         self._notify(response)
+        if self.state in (COMPLETED, TERMINATED):
+            self._release_tu()  # retransmitted finals are absorbed, never passed up
 
 
 # --------------------------------------------------------------------------- server side
@@ -556,6 +566,10 @@ class NonInviteServerTransaction(ServerTransaction):
 
 
 # --------------------------------------------------------------------------- the layer
+
+
+def _no_tu(response: Response) -> None:
+    """The TU of a client transaction that will not call its TU again."""
 
 
 class TransactionLayer:

@@ -656,3 +656,58 @@ def test_factory_without_metrics() -> None:
     c = Conn(factory, 1)
     c.hello()
     c.proto.connectionLost()
+
+
+# --- send_now: straight to the socket when nothing is queued ---------------------------------------
+
+
+class SocketTransport:
+    """What send_now reads of a twisted.internet.tcp.Connection, over a real socketpair."""
+
+    TLS = False
+    connected = 1
+    disconnecting = False
+
+    def __init__(self, sock) -> None:
+        self.socket = sock
+        self.dataBuffer = b""
+        self._tempDataBuffer: list[bytes] = []
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self._tempDataBuffer.append(data)
+
+
+def test_send_now_goes_to_the_socket_and_keeps_order_behind_a_queue() -> None:
+    import socket
+
+    from b2bua.rtmp.protocol import send_now
+
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        t = SocketTransport(ours)
+        send_now(t, b"first")
+        assert peer.recv(100) == b"first" and t.written == []
+        t._tempDataBuffer.append(b"queued")  # something waits in Twisted's buffer:
+        send_now(t, b"second")  # ...so this one must queue behind it
+        assert t.written == [b"second"]
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)
+        # a send the kernel takes only in part: the rest is queued, nothing lost or reordered
+        t2 = SocketTransport(ours)
+        big = bytes(range(256)) * 40_000
+        send_now(t2, big)
+        assert len(t2.written) == 1 and big.endswith(t2.written[0]) and len(t2.written[0]) < len(big)
+        t2.TLS = True
+        t2._tempDataBuffer.clear()
+        send_now(t2, b"tls")  # TLS connections always go through Twisted
+        assert t2.written[-1] == b"tls"
+    finally:
+        ours.close()
+        peer.close()
+    st = StringTransport()  # no socket at all (tests, other transports)
+    send_now(st, b"x")
+    assert st.value() == b"x"

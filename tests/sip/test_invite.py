@@ -54,6 +54,7 @@ class FakeStack:
         self.dialogs = {}
         self.forgotten = []
         self._branch = 0
+        self._invites = []
 
     def aor(self, user):
         return f"sip:{user}@{self.domain}"
@@ -74,6 +75,8 @@ class FakeStack:
 
     def send_request(self, request, on_response, target=None):
         self.requests.append((request, on_response, target))
+        if request.method == "INVITE":
+            self._invites.append(request)
         return ClientTxn()
 
     def send(self, message, target):
@@ -170,6 +173,10 @@ def confirmed_uac(extra=()):
     answer_2xx(stack, extra=extra)
     assert session.state == "confirmed"
     return stack, listener, session
+
+
+def stack_invite(stack):
+    return stack._invites[-1]
 
 
 def test_uac_invite_has_sdp_contact_supported():
@@ -363,6 +370,38 @@ def test_uac_late_2xx_after_termination_is_acked_and_byed():
     assert stack.last("BYE")[2] == Target("UDP", "p2.example", 5070)
     assert len(ended(listener)) == 1
     assert stack.dialogs == {}
+
+
+def test_uac_2xx_retransmission_after_bye_is_acked_again_without_a_second_bye():
+    stack, listener, session = confirmed_uac()
+    txn = session._txn
+    (ack,) = stack.sent("ACK")
+    session.hangup()
+    assert len(stack.sent("BYE")) == 1
+    ok = answer_2xx(stack)  # our ACK was lost: the far end retransmits its 2xx (through the session)
+    txn.on_response(ok)  # and through what the INVITE transaction now calls
+    assert [(m, t) for m, t, _ in stack.raw] == [(ack, Target("UDP", "p2.example", 5070))] * 2
+    assert len(stack.sent("BYE")) == 1 and len(stack.sent("ACK")) == 1
+    assert len(ended(listener)) == 1
+
+
+def test_uac_ended_session_is_not_kept_alive_by_its_invite_transaction():
+    import gc
+    import weakref
+
+    stack, listener, session = confirmed_uac()
+    txn = session._txn
+    session.hangup()
+    stack.requests.clear()  # the fake stack's own references to the session
+    stack.forgotten.clear()
+    alive = weakref.ref(session)
+    del session, listener
+    gc.collect()
+    assert alive() is None
+    late = make_response(stack_invite(stack), 200, to_tag="fork2", headers=[("Contact", REMOTE_CONTACT)])
+    txn.on_response(late)  # a forked 2xx after the end: ACKed and BYEd, by what the txn kept
+    assert [r.method for r, _, _ in stack.requests] == ["ACK", "BYE"]
+    assert all(r.headers.get("To").endswith("tag=fork2") for r, _, _ in stack.requests)
 
 
 def test_uac_hangup_when_confirmed_sends_bye():

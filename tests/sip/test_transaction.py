@@ -432,6 +432,57 @@ def test_nict_final_absorbs_retransmissions_and_timer_k(env):
     assert len(env.tu.strays) == 1
 
 
+class _TU:
+    """A TU object whose lifetime the test watches (a transaction must not keep it alive)."""
+
+    def __init__(self) -> None:
+        self.responses: list[Response] = []
+
+    def on_response(self, response: Response) -> None:
+        self.responses.append(response)
+
+
+@pytest.mark.parametrize("method,status", [("INVITE", 407), ("INVITE", 486), ("REGISTER", 200)])
+def test_completed_client_transaction_lets_go_of_its_tu(env, method, status):
+    import gc
+    import weakref
+
+    request = make_request(method)
+    tu = _TU()
+    tx = env.layer.send_request(request, PEER_UDP, tu.on_response)
+    final = answer(request, status)
+    env.receive(final)
+    assert tx.state == "completed" and statuses(tu.responses) == [status]
+    alive = weakref.ref(tu)
+    del tu
+    gc.collect()
+    assert alive() is None  # the lingering transaction (Timer D / K) does not hold the TU
+    env.receive(final)  # a retransmitted final: absorbed (INVITE: ACKed again), nothing raised
+    sent = [getattr(m, "method", None) for m in env.transport.messages()]
+    assert sent == ([method, "ACK", "ACK"] if method == "INVITE" else [method])
+    advance_to(env.clock, 32)
+    assert tx.state == "terminated"
+
+
+def test_accepted_ict_keeps_its_tu_for_2xx_retransmissions(env):
+    import gc
+    import weakref
+
+    invite = make_request()
+    tu = _TU()
+    tx = env.layer.send_request(invite, PEER_UDP, tu.on_response)
+    ok = answer(invite, 200)
+    env.receive(ok)
+    alive = weakref.ref(tu)
+    del tu
+    gc.collect()
+    assert alive() is not None and tx.state == "accepted"
+    env.receive(ok)
+    assert statuses(alive().responses) == [200, 200]
+    advance_to(env.clock, 32)
+    assert tx.state == "terminated"
+
+
 def test_nict_on_tcp(env):
     register = make_request("REGISTER", transport="TCP")
     tx = env.send(register, PEER_TCP)
