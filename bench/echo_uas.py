@@ -23,9 +23,22 @@ import json
 import os
 import selectors
 import socket
+import struct
 import sys
 import time
 from array import array
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
+_TIMESPEC = struct.Struct("@qq")
+
+
+def _kernel_time(ancillary) -> float:
+    """The SCM_TIMESTAMPNS of a datagram (CLOCK_REALTIME, s); now if the kernel gave none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec + nsec * 1e-9
+    return time.time()
 
 HOST = "127.0.0.1"
 PTIME = 0.020
@@ -57,6 +70,9 @@ class EchoUas:
         self.sip.bind((HOST, 0))
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # the kernel stamps each packet as it reaches the socket (on loopback: within the
+        # gateway's sendto), so lateness is the gateway's, not this process's scheduling on core 1
+        self.rtp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         for port in range(31000, 40000, 2):
             try:
                 self.rtp.bind((HOST, port))
@@ -169,10 +185,10 @@ class EchoUas:
         rtp, t_of, seq_of = self.rtp, self.t, self.seq
         for _ in range(64):
             try:
-                data, addr = rtp.recvfrom(2048)
+                data, ancillary, _flags, addr = rtp.recvmsg(2048, 64)
             except BlockingIOError:
                 return
-            now = time.monotonic()
+            now = _kernel_time(ancillary)
             rtp.sendto(data, addr)
             ta = t_of.get(addr)
             if ta is None:
