@@ -495,10 +495,10 @@ def run_media(args, tmp: Path) -> dict:
         yield defer.DeferredList([u.hangup() for u in users if u.call], consumeErrors=True)
         os.sched_setaffinity(0, {GW_CORE})
         result["codec_floor"] = codec_floor(asc, frames, args.window)
-        # the same codec work for as many calls side by side as the largest step, same caches
+        # the same codec work for as many calls side by side as each step had, caches shared alike
         result["codec_floor_interleaved"] = {
             str(s["calls"]): codec_floor(asc, frames, 3.0, repeat=1, streams=s["calls"])
-            for s in result["steps"][-1:]
+            for s in result["steps"]
         }
         os.sched_setaffinity(0, {LOAD_CORE})
         floor = result["codec_floor"]["total_ms_per_s"]
@@ -654,6 +654,7 @@ def run_setup(args, tmp: Path) -> dict:
     peers = Peers(tmp, list(range(1000, 1000 + args.sessions)) + [ECHO_USER])
     yield peers.start()
     result = {"kind": "setup", "sessions": args.sessions, "command": " ".join(sys.argv), "rates": []}
+    result["gw_gc_variant"] = peers.gw.info.get("gc_variant")  # BENCH_GC, see bench/gwrunner.py
     users = [User(1000 + i) for i in range(args.sessions)]
     try:
         yield defer.DeferredList([u.login(peers.gw.info["ws_url"]) for u in users])
@@ -661,14 +662,17 @@ def run_setup(args, tmp: Path) -> dict:
 
         stages: dict[str, int] = {}  # where each failed call stopped
         stuck: list[str] = []  # gateway call ids of the calls that never saw "answered"
+        sent_at: dict[str, float] = {}  # gateway call id → time.monotonic() the `call` was sent
 
         @defer.inlineCallbacks
         def one_call(u: User):
             calls_by_user[u] += 1
             stage, call = "call request", None
             try:
+                t_sent = time.monotonic()  # one clock for all processes (CLOCK_MONOTONIC)
                 res = yield u.ws.request("call", {"to": ECHO_USER})
                 call = res["call"]
+                sent_at[call] = t_sent
                 stage = "answered event"
                 yield u.wait("answered", call)
                 stage = "hangup request"
@@ -704,6 +708,7 @@ def run_setup(args, tmp: Path) -> dict:
                 peers.echo.transport.write(b"reset\n")  # echo answers no "ok" to reset
             stages.clear()
             stuck.clear()
+            sent_at.clear()
             drops0, snmp0 = udp_drops(ports), udp_snmp()
             cpu_all0 = cpu_now()
             cpu0 = proc_cpu(peers.gw_pid)
@@ -740,6 +745,10 @@ def run_setup(args, tmp: Path) -> dict:
                 c["echo_saw"] = seen.get(c.get("sip_call_id") or "", "")
                 stuck_detail.append(c)
             samples = [s * 1000 for s in gw["setup_samples"]]
+            wire = gw.get("setup_wire") or {}
+            read_ms = [s * 1000 for s in wire.get("read_to_invite", [])]
+            invite_at = wire.get("invite_mono", {})
+            client_ms = [(invite_at[c] - t) * 1000 for c, t in sent_at.items() if c in invite_at]
             return {
                 "offered_rate": rate,
                 "calls": k,
@@ -748,9 +757,25 @@ def run_setup(args, tmp: Path) -> dict:
                 "achieved_rate": (k - len(fails)) / done_s,
                 "failures": len(fails),
                 "failure_examples": fails[:3],
+                # handler-based (b2bua CallManager.setup_samples): `call` handler entered →
+                # INVITE written; misses any wait before the handler runs
                 "setup_ms_p50": pct(samples, 50),
                 "setup_ms_p99": pct(samples, 99),
                 "setup_ms_max": max(samples, default=None),
+                # gateway socket read of the WS `call` bytes → INVITE handed to the SIP socket
+                # (bench/gwrunner.py SetupTimer); misses only time in the kernel's socket buffer
+                "read_to_invite_ms_p50": pct(read_ms, 50),
+                "read_to_invite_ms_p99": pct(read_ms, 99),
+                "read_to_invite_ms_max": max(read_ms, default=None),
+                "read_to_invite_n": len(read_ms),
+                "read_to_invite_unmatched": wire.get("unmatched"),
+                # load generator's send of the `call` frame → INVITE handed to the SIP socket:
+                # an upper bound (adds the load generator's own write delay and loopback TCP)
+                "client_to_invite_ms_p50": pct(client_ms, 50),
+                "client_to_invite_ms_p99": pct(client_ms, 99),
+                "client_to_invite_ms_max": max(client_ms, default=None),
+                "gw_rss": gw.get("rss"),
+                "gw_gc_state": gw.get("gc_state"),
                 "gw_cpu_util": (proc_cpu(peers.gw_pid) - cpu0) / done_s,
                 # CPU (fraction of one core) while calls were being offered, and over the whole step
                 "cpu_util_offering": util(cpu_all0, cpu_all1, offered_s),
@@ -766,6 +791,7 @@ def run_setup(args, tmp: Path) -> dict:
                 },
                 "failed_at": dict(stages),
                 "stuck_calls": stuck_detail,
+                **{k: gw[k] for k in ("gc_garbage", "gc_garbage_types", "gc_live_types") if k in gw},
             }
 
         yield offer(20, 2)  # warm-up
