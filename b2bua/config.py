@@ -70,7 +70,12 @@ class MediaConfig:
     rtp_port_max: int = 29999
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "opus"])
     aac_sample_rate: int = 16000  # of the AAC sent to live-player (8000–48000)
-    uplink_buffer_ms: int = 40  # pusher PCM kept ready for the 20 ms tick (twice this is the cap)
+    # uplink FIFO, adaptive (b2bua/media/adaptive.py): the target is the pusher PCM still spare
+    # after the 20 ms tick's packet at the FIFO's lowest point; it starts at (and never goes below)
+    # uplink_buffer_ms, rises 10 ms per underrun up to uplink_buffer_max_ms, and steps back down
+    # after calm periods. The pusher's burst size is absorbed on top, measured, not configured.
+    uplink_buffer_ms: int = 10
+    uplink_buffer_max_ms: int = 100
     dtmf: str = "auto"  # auto: RFC 4733 when negotiated, else SIP INFO; or always "rfc4733" / "info"
 
 

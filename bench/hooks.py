@@ -8,6 +8,12 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
   the RTP packet carrying the message's *last* PCM sample has been written
   (``AudioBridge._tick_up`` returned; ``_send`` is a synchronous ``sendto``). Samples are
   counted through ``PcmFifo`` by its level before/after each call, FIFO trims included.
+- uplink_first, per RTMP audio message: the same, until the RTP packet carrying the message's
+  *first* sample has been written. The difference to ``uplink`` is the message's own duration
+  (23 ms for 1024 samples at 44.1 kHz), which is not latency the gateway adds. A message
+  whose first sample was dropped (trim, or the adaptive FIFO giving delay back) is not counted.
+  Drops from the middle of the FIFO (at its quietest point) are counted as if from its head:
+  the error is at most the drop (≤ 20 ms, at most once per 2 s per call).
 - downlink, per RTP packet: from ``AudioBridge._rtp_in`` (the UDP socket's
   ``datagramReceived``) until the FLV tag of the AAC frame holding the packet's last sample has
   been written to the player (``PlayerGroup.send_audio`` returned). The AAC encoder holds one
@@ -22,6 +28,8 @@ JitterBuffer.get, PlayerGroup.send_audio. All exist as methods, so no gateway ch
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 from collections import deque
 from time import perf_counter
@@ -34,16 +42,37 @@ AAC = 1024
 _U32 = struct.Struct(">I")
 
 uplink_ms: list[float] = []
+uplink_first_ms: list[float] = []
 downlink_ms: list[float] = []
 downlink_first_ms: list[float] = []
 _current = {"item": None, "bridge": None}
 
 
 def take() -> dict:
-    global uplink_ms, downlink_ms, downlink_first_ms
-    out = {"uplink_ms": uplink_ms, "downlink_ms": downlink_ms, "downlink_first_ms": downlink_first_ms}
-    uplink_ms, downlink_ms, downlink_first_ms = [], [], []
+    global uplink_ms, uplink_first_ms, downlink_ms, downlink_first_ms
+    out = {
+        "uplink_ms": uplink_ms,
+        "uplink_first_ms": uplink_first_ms,
+        "downlink_ms": downlink_ms,
+        "downlink_first_ms": downlink_first_ms,
+    }
+    uplink_ms, uplink_first_ms, downlink_ms, downlink_first_ms = [], [], [], []
+    path = os.environ.get("MPB2BUA_HOOKS_OUT")
+    if path:  # loadgen summarises only some keys: every snapshot's summary, one JSON line each
+        with open(path, "a") as f:
+            f.write(json.dumps({k: _summary(v) for k, v in out.items()}) + "\n")
     return out
+
+
+def _summary(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    if not xs:
+        return {"n": 0}
+
+    def pct(p: float) -> float:
+        return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 2)
+
+    return {"n": len(xs), "p50": pct(50), "p99": pct(99), "max": round(xs[-1], 2)}
 
 
 def _state(b) -> dict:
@@ -51,6 +80,7 @@ def _state(b) -> dict:
     if st is None:
         st = b._bench = {
             "up_q": deque(),
+            "up_first_q": deque(),
             "up_put": 0,
             "up_removed": 0,
             "arr": {},
@@ -76,6 +106,7 @@ def install() -> None:
         dropped = round((self.stats.uplink_dropped_ms - dropped0) * self.encoder.sample_rate / 1000)
         put = fifo.level() - level0 + dropped
         if put > 0:
+            st["up_first_q"].append((st["up_put"] + 1, t))  # its first sample's position
             st["up_put"] += put
             st["up_q"].append((st["up_put"], t))
         if dropped:
@@ -88,6 +119,11 @@ def install() -> None:
             _, t_arr = q.popleft()
             if now is not None:
                 uplink_ms.append((now - t_arr) * 1000)
+        q = st["up_first_q"]
+        while q and q[0][0] <= removed:
+            _, t_arr = q.popleft()
+            if now is not None:
+                uplink_first_ms.append((now - t_arr) * 1000)
 
     def _tick_up(self):
         fifo = self.fifo

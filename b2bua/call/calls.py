@@ -197,6 +197,7 @@ class Call:
             self._dtmf_received,
             aac_rate=manager.config.media.aac_sample_rate,
             uplink_buffer_ms=manager.config.media.uplink_buffer_ms,
+            uplink_buffer_max_ms=manager.config.media.uplink_buffer_max_ms,
         )
         if self.audio_header is not None:
             self.bridge.publisher_audio(0, self.audio_header)

@@ -10,11 +10,13 @@ Video passes through: AVCC NAL units ⇄ RFC 6184 packets, no transcoding.
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
+from b2bua.media.adaptive import AdaptiveTarget
 from b2bua.media.jitterbuffer import Frame, Gap, JitterBuffer
 from b2bua.media.transcode import AacDecoder, AacEncoder, PcmFifo, Resampler, RtpAudioDecoder, RtpAudioEncoder
 from b2bua.wire import flv, h264
@@ -37,8 +39,13 @@ from b2bua.wire.sdp import NegotiatedMedia, NegotiatedStream
 
 log = Logger()
 
-UPLINK_TARGET_MS = 40  # default PCM kept ready for the tick; the pusher's bursts are absorbed here
-# beyond twice the target the oldest PCM is dropped: drift never becomes delay
+# Uplink FIFO: the adaptive target is the spare PCM left after the tick's packet at the FIFO's
+# lowest point (b2bua/media/adaptive.py); the pusher's bursts are absorbed on top of it.
+UPLINK_TARGET_MS = 10  # starting and lowest target (config media.uplink_buffer_ms)
+UPLINK_MAX_MS = 100  # highest target (config media.uplink_buffer_max_ms)
+UPLINK_BURST_MAX_MS = 60  # a larger delivery is a stall catching up, not the pusher's rhythm
+JITTER_MIN_MS, JITTER_MAX_MS = 20, 160  # the downlink jitter buffer's adaptive target
+PTIME_MS = 20
 RTCP_INTERVAL_MS = 5000
 VIDEO_CLOCK = 90000
 MAX_VIDEO_PAYLOAD = 1200
@@ -63,12 +70,26 @@ class LegStats:
     video_received: int = 0
     keyframe_requests: int = 0
     codec: str | None = None
-    added_delay_ms: float = 0.0  # the buffering we add: uplink FIFO target + jitter buffer target
+    # the buffering we add, measured: mean spare of the uplink FIFO + of the jitter buffer, i.e.
+    # the mean time audio waits in them beyond the packet being sent/played (the tick phase and
+    # the pusher's own bursts come on top)
+    added_delay_ms: float = 0.0
+    uplink_target_ms: float = 0.0  # current adaptive targets (spare at the lowest point) ...
+    jitter_target_ms: float = 0.0
+    uplink_target_avg_ms: float = 0.0  # ... and their time-weighted means over the leg
+    jitter_target_avg_ms: float = 0.0
+    uplink_target_raises: int = 0
+    jitter_target_raises: int = 0
+    jitter_stretched: int = 0  # Gaps played to rebuffer to a raised target
+    jitter_shrunk: int = 0  # packets dropped to give delay back
     extra: dict = field(default_factory=dict)
 
     def as_event(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "extra" and v not in (None, 0, 0.0)}
         out["jitter_ms"] = round(self.jitter_ms, 1)
+        for k in ("added_delay_ms", "uplink_target_avg_ms", "jitter_target_avg_ms", "uplink_dropped_ms"):
+            if k in out:
+                out[k] = round(out[k], 1)
         if self.rtt_ms is not None:
             out["rtt_ms"] = round(self.rtt_ms, 1)
         return out
@@ -86,6 +107,7 @@ class AudioBridge:
         aac_rate: int = 16000,
         clock: Callable[[], float] = time.time,
         uplink_buffer_ms: int = UPLINK_TARGET_MS,
+        uplink_buffer_max_ms: int = UPLINK_MAX_MS,
     ) -> None:
         self.media = media  # MediaLeg: sockets
         self.players = players  # the play key's player group (FLV out), or None in tests
@@ -94,7 +116,15 @@ class AudioBridge:
         self.stats = LegStats()
         self.closed = False
         self.sender = RtpSender()  # kept across re-INVITEs: same SSRC and sequence (RFC 3550)
-        self.uplink_target_ms = uplink_buffer_ms
+        self.uplink = AdaptiveTarget(
+            uplink_buffer_ms,
+            max(uplink_buffer_ms, uplink_buffer_max_ms),
+            packet_ms=PTIME_MS,
+            step_up_ms=10,
+            step_down_ms=10,
+            max_drop_ms=PTIME_MS,
+            hysteresis_ms=5,  # PCM can be cut to the sample: give back any 5 ms unused for 2 s
+        )
         self._configure(negotiated)
         self.aac_rate = aac_rate
         self.aac_encoder = AacEncoder(aac_rate, 1, in_rate=self.encoder.sample_rate)
@@ -105,6 +135,10 @@ class AudioBridge:
         self.fifo = PcmFifo()
         self._ul_resampler: Resampler | None = None
         self._primed = False
+        self._hold = 0  # silent ticks left to rebuffer after an underrun
+        self._up_ticks = 0  # the uplink policy's time base: 20 ms per tick
+        self._delivered = 0  # samples put since the last tick: the pusher's burst
+        self._burst = [0, 0]  # largest delivery (samples) in the previous and the current 2 s
         self.dtmf_sender = DtmfSender(clock_rate=self.audio.dtmf_clock_rate or 8000)
         self.dtmf_receiver = DtmfReceiver()
         # video
@@ -132,11 +166,30 @@ class AudioBridge:
         self.encoder = RtpAudioEncoder(audio.codec, channels=audio.channels)
         self.decoder = RtpAudioDecoder(audio.codec)
         self.frame_samples = self.encoder.samples_per_frame
-        self.jitter = JitterBuffer(audio.clock_rate, ptime_ms=20)
+        old = self.__dict__.get("jitter")
+        if old is not None:  # a re-INVITE keeps what the far end's jitter taught us
+            policy = old.adaptive
+        else:
+            policy = AdaptiveTarget(JITTER_MIN_MS, JITTER_MAX_MS, packet_ms=PTIME_MS)
+        self.jitter = JitterBuffer(
+            audio.clock_rate, PTIME_MS, JITTER_MIN_MS, max_ms=JITTER_MAX_MS + 40, adaptive=policy
+        )
         self.receiver_stats = ReceiverStats(audio.clock_rate)
         self.remote = (audio.remote_addr, audio.remote_port)
         self.remote_rtcp = (audio.remote_addr, audio.remote_rtcp_port)
-        self.stats.added_delay_ms = self.uplink_target_ms + 40
+        self._update_delay_stats()
+
+    @property
+    def uplink_target_ms(self) -> float:
+        return self.uplink.target_ms
+
+    def _update_delay_stats(self) -> None:
+        """Refresh what LegStats says about our buffering (at each (re)configuration and at close)."""
+        st, up, jb = self.stats, self.uplink, self.jitter.adaptive
+        st.uplink_target_ms, st.jitter_target_ms = up.target_ms, jb.target_ms
+        st.uplink_target_avg_ms, st.jitter_target_avg_ms = up.mean_target_ms, jb.mean_target_ms
+        st.uplink_target_raises, st.jitter_target_raises = up.raises, jb.raises
+        st.added_delay_ms = up.mean_spare_ms + jb.mean_spare_ms
 
     def renegotiated(self, negotiated: NegotiatedMedia) -> None:
         """A re-INVITE/UPDATE changed the codec or the far end's address: keep the RTP stream
@@ -161,6 +214,9 @@ class AudioBridge:
         js = self.jitter.stats
         self.stats.lost = js.lost
         self.stats.late = js.late
+        self.stats.jitter_stretched = js.stretched
+        self.stats.jitter_shrunk = js.shrunk
+        self._update_delay_stats()
 
     # -- uplink: RTMP publisher → RTP ---------------------------------------------------------------------
     def publisher_audio(self, timestamp_ms: int, payload: bytes) -> None:
@@ -184,11 +240,23 @@ class AudioBridge:
             return
         if self._ul_resampler is None:
             self._ul_resampler = Resampler(self.encoder.sample_rate)
-        self.fifo.put(self._ul_resampler.resample(frames))
+        pcm = self._ul_resampler.resample(frames)
+        self.fifo.put(pcm)
+        self._delivered += len(pcm) // self.fifo.sample_bytes
+        # the cap: a catching-up burst (after a stall, or a pusher clock faster than ours) is
+        # dropped, oldest first, beyond the priming level for the largest burst plus one such
+        # burst (target + 120 ms): far above the pusher's rhythm, whose jitter never hits it
         rate = self.encoder.sample_rate
-        dropped = self.fifo.trim_to(2 * self.uplink_target_ms * rate // 1000)
+        cap_ms = self.uplink.prime_level_ms(UPLINK_BURST_MAX_MS) + UPLINK_BURST_MAX_MS
+        dropped = self.fifo.trim_to(int(cap_ms * rate // 1000))
         if dropped:
             self.stats.uplink_dropped_ms += dropped * 1000 / rate
+
+    def _burst_ms(self) -> float:
+        """The pusher's rhythm: its largest delivery between two ticks over the last 2-4 s (at
+        least a packet, at most UPLINK_BURST_MAX_MS)."""
+        ms = max(self._burst[0], self._burst[1], self._delivered) * 1000 / self.encoder.sample_rate
+        return min(max(ms, PTIME_MS), UPLINK_BURST_MAX_MS)
 
     def send_dtmf(self, digits: str) -> None:
         self.dtmf_sender.send(digits)
@@ -226,11 +294,31 @@ class AudioBridge:
                 self.fifo.take(self.frame_samples)
                 return
         samples = self.frame_samples
+        rate = self.encoder.sample_rate
         level = self.fifo.level()
-        if not self._primed:
-            if level >= self.uplink_target_ms * self.encoder.sample_rate // 1000:
-                self._primed = True
-            else:
+        self._up_ticks += 1
+        now = self._up_ticks * PTIME_MS
+        delivered, self._delivered = self._delivered, 0
+        burst = self._burst
+        if delivered > burst[1]:
+            burst[1] = delivered
+        if self._up_ticks % 100 == 0:  # every 2 s: the pusher's rhythm of the last 2-4 s
+            burst[0], burst[1] = burst[1], 0
+        if self._primed and not self._hold and level < samples:
+            # underrun: this is the FIFO's lowest point. Keep what is left and send silence for
+            # as many ticks as lift this lowest point to the raised target above a packet.
+            self.stats.uplink_underruns += 1
+            self.uplink.underrun(now)
+            need = (self.uplink.target_ms + PTIME_MS) * rate / 1000 - level
+            self._hold = max(1, -int(-need // samples))
+        if self._hold or not self._primed:
+            if self._hold:
+                self._hold -= 1
+                ready = False
+            else:  # start (or new codec): prime to the target above the pusher's burst
+                ready = level > 0 and level * 1000 >= self.uplink.prime_level_ms(self._burst_ms()) * rate
+                self._primed = ready
+            if not ready:
                 pcm = bytes(2 * samples)  # silence until the pusher's audio is buffered
                 self._send(
                     self.sender.packet(
@@ -238,14 +326,35 @@ class AudioBridge:
                     )
                 )
                 return
-        if level < samples:
-            self.stats.uplink_underruns += 1
-            if level == 0:
-                self._primed = False
         pcm = self.fifo.take(samples)
         self._send(
             self.sender.packet(self.encoder.encode(pcm), audio.payload_type, self.encoder.timestamp_step)
         )
+        drop_ms = self.uplink.observe(now, (level - samples) * 1000 / rate)
+        if drop_ms:
+            self._drop_quietest(int(drop_ms * rate // 1000))
+
+    def _drop_quietest(self, n: int) -> None:
+        """Give back ``n`` samples of delay where the buffered PCM is quietest (a pause between
+        words rather than a syllable), in 1 ms steps."""
+        level = self.fifo.level()
+        if n <= 0 or n > level:
+            return
+        pcm = array("h", self.fifo.take(level))
+        step = max(1, self.encoder.sample_rate // 1000)
+        blocks = [sum(map(abs, pcm[i : i + step])) for i in range(0, level, step)]
+        width = max(1, n // step)
+        best, best_at = None, 0
+        run = sum(blocks[:width])
+        for b in range(0, len(blocks) - width + 1):
+            if b:
+                run += blocks[b + width - 1] - blocks[b - 1]
+            if best is None or run < best:
+                best, best_at = run, b
+        at = min(best_at * step, level - n)
+        del pcm[at : at + n]
+        self.fifo.put(pcm.tobytes())
+        self.stats.uplink_dropped_ms += n * 1000 / self.encoder.sample_rate
 
     def _send(self, packet: RtpPacket) -> None:
         self.media.audio_rtp.send(packet.serialize(), self._rtp_target())

@@ -6,11 +6,22 @@ media clock drives all calls in one loop.
 
 Policy, and why
 ---------------
-* **Fixed initial delay.** The first packet (of a stream, or after a resync) opens an
-  *epoch*; :meth:`~JitterBuffer.get` returns None until ``target_ms`` after its arrival,
-  then one item per call. A telephony stream from a PBX on a LAN or a decent WAN has a few
-  tens of ms of jitter; 40 ms absorbs that at a latency cost well inside the downlink budget
-  (one AAC frame + 20 ms, DESIGN.md §10), and a fixed target keeps the behaviour predictable.
+* **Initial delay.** The first packet (of a stream, or after a resync) opens an *epoch*;
+  :meth:`~JitterBuffer.get` returns None until ``target_ms`` after its arrival, then one item
+  per call. Without an ``adaptive`` policy the target is fixed (40 ms by default): a telephony
+  stream from a PBX on a LAN or a decent WAN has a few tens of ms of jitter.
+* **Adaptive target** (``adaptive=``, a :class:`b2bua.media.adaptive.AdaptiveTarget`; the
+  bridge always passes one, starting at 20 ms, steps of one packet, at most 160 ms). The
+  target is the *spare* wanted at the lowest point: packets still buffered after the one
+  played, in ms. It rises on trouble: an underrun (the buffer empty at a tick) or a packet
+  of the stream arriving after its turn (``late``). The buffer then rebuffers: it holds the
+  playout point (Gaps, ``stretched`` when packets were there) until its spare is back at the
+  new target (at most ``target/ptime + 2`` ticks). When the lowest spare over a 2 s window stayed at
+  least one packet above the target, the packet at the playout point is dropped, never
+  decoded (``shrunk``): delay given back 20 ms at a time. After 10 s without trouble the
+  target steps down by a packet, and the next windows follow it by dropping; a step down
+  followed by trouble doubles the calm needed next time (up to 60 s). The learned target
+  survives resyncs: a new epoch opens at the current target.
 * **Playout by sequence number.** Packets are kept by extended sequence number, which
   reorders them; the playout point is the next sequence number to play. Each tick plays
   the packet at the playout point as a :class:`Frame`. If it is missing while a later packet
@@ -19,9 +30,10 @@ Policy, and why
   counted (``duplicate``, ``late``); nothing already played or concealed is revisited.
 * **Hold on underrun.** When the buffer is empty at a tick, a Gap is returned but the
   playout point does not move (``underruns``): we cannot know yet whether the packet is
-  lost or delayed. This is the only way delay grows: it absorbs a sender clock slower than
-  ours, network stalls and silence suppression without marker bits, and lets a talkspurt
-  continue seamlessly after a pause.
+  lost or delayed. This (and, with an adaptive target, the rebuffering after it) is how
+  delay grows: it absorbs a sender clock slower than ours, network stalls and silence
+  suppression without marker bits, and lets a talkspurt continue seamlessly after a pause.
+  Only an adaptive target's drops (``shrunk``), the cap and resyncs give delay back.
 * **Cap at** ``max_ms``. When the span from the playout point to the newest packet exceeds
   ``max_ms`` (a burst after a stall, a sender clock faster than ours), the oldest packets
   are dropped (``overflow``) so latency stays bounded.
@@ -30,7 +42,7 @@ Policy, and why
   forward sequence jump larger than ``max_ms``, or a marker bit
   whose timestamp does not follow the stream (a new talkspurt after silence) flushes the
   buffer (``flushed``) and opens a new epoch, which re-establishes ``target_ms`` of delay:
-  delay accumulated by underruns is given back at each talkspurt. Stray packets of the
+  delay accumulated by underruns beyond the target is given back at each talkspurt. Stray packets of the
   previous SSRC are then dropped as late rather than flipping back.
 
 Only the stream's audio payload type should be put here: telephone events go to
@@ -42,6 +54,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from b2bua.media.adaptive import AdaptiveTarget
 from b2bua.wire.rtp import RtpPacket, seq_diff, ts_diff
 
 _HISTORY_BITS = 64
@@ -81,12 +94,21 @@ class JitterStats:
     flushed: int = 0
     resyncs: int = 0
     underruns: int = 0
+    stretched: int = 0  # Gaps played to rebuffer up to a raised target while packets were there
+    shrunk: int = 0  # packets dropped unplayed because the buffer held more than its target
 
 
 class JitterBuffer:
     """One call's downlink audio buffer; see the module docstring for the policy."""
 
-    def __init__(self, clock_rate: int, ptime_ms: int = 20, target_ms: int = 40, max_ms: int = 200):
+    def __init__(
+        self,
+        clock_rate: int,
+        ptime_ms: int = 20,
+        target_ms: int = 40,
+        max_ms: int = 200,
+        adaptive: AdaptiveTarget | None = None,
+    ):
         if clock_rate <= 0 or ptime_ms <= 0:
             raise ValueError("clock rate and ptime must be positive (got %r, %r)" % (clock_rate, ptime_ms))
         if target_ms < 0 or max_ms < target_ms + ptime_ms:
@@ -94,9 +116,12 @@ class JitterBuffer:
                 "need 0 <= target_ms (%r) and max_ms (%r) >= target_ms + ptime_ms (%r)"
                 % (target_ms, max_ms, ptime_ms)
             )
+        if adaptive is not None and max_ms < adaptive.ceiling_ms + ptime_ms:
+            raise ValueError("max_ms (%r) must leave a packet above the adaptive ceiling" % max_ms)
         self.clock_rate = clock_rate
         self.ptime_ms = ptime_ms
-        self.target_ms = target_ms
+        self._fixed_target = target_ms
+        self.adaptive = adaptive
         self.max_ms = max_ms
         self.samples_per_packet = clock_rate * ptime_ms // 1000
         self._max_packets = max_ms // ptime_ms
@@ -111,6 +136,13 @@ class JitterBuffer:
         self._start_ms = 0.0
         self._playing = False
         self._history = 0  # bit i: extended sequence _next - 1 - i was played
+        self._rebuffering = False
+        self._held = 0
+
+    @property
+    def target_ms(self) -> float:
+        """The initial delay of an epoch (with an adaptive policy: its current target)."""
+        return self.adaptive.target_ms if self.adaptive is not None else self._fixed_target
 
     @property
     def depth_ms(self) -> int:
@@ -130,6 +162,8 @@ class JitterBuffer:
         self._start_ms = arrival_ms
         self._playing = False
         self._history = 0
+        self._rebuffering = False
+        self._held = 0
 
     def put(self, packet: RtpPacket, arrival_ms: float) -> bool:
         """Accept one received packet; False when it was dropped (duplicate, late)."""
@@ -162,6 +196,9 @@ class JitterBuffer:
                     st.duplicate += 1
                 else:
                     st.late += 1
+                    if self.adaptive is not None:  # its turn came before it: not enough spare
+                        self.adaptive.underrun(arrival_ms)
+                        self._rebuffering = True
                 return False
         if ext in self._packets:
             st.duplicate += 1
@@ -192,6 +229,8 @@ class JitterBuffer:
             if now_ms < self._start_ms + self.target_ms:
                 return None
             self._playing = True
+        if self.adaptive is not None:
+            return self._get_adaptive(now_ms)
         packet = self._packets.pop(self._next, None)
         if packet is not None:
             self._advance(True)
@@ -202,3 +241,35 @@ class JitterBuffer:
         else:
             self.stats.underruns += 1
         return Gap(self.samples_per_packet)
+
+    def _get_adaptive(self, now_ms: float) -> Frame | Gap:
+        policy = self.adaptive
+        st = self.stats
+        if not self._packets:
+            st.underruns += 1
+            policy.underrun(now_ms)
+            self._rebuffering = True
+            self._held += 1
+            return Gap(self.samples_per_packet)
+        spare = self.depth_ms - self.ptime_ms
+        if self._rebuffering:
+            if spare < policy.target_ms and self._held < policy.target_ms // self.ptime_ms + 2:
+                self._held += 1
+                st.stretched += 1
+                return Gap(self.samples_per_packet)
+            self._rebuffering = False
+            self._held = 0
+        if self._next not in self._packets:
+            st.lost += 1
+            self._advance(False)
+            return Gap(self.samples_per_packet)
+        drop = policy.observe(now_ms, spare)
+        for _ in range(int(drop // self.ptime_ms)):
+            if self._next + 1 not in self._packets:
+                break  # keep a packet to play at this tick
+            del self._packets[self._next]
+            self._advance(True)  # gone for good: a copy arriving later is a duplicate
+            st.shrunk += 1
+        packet = self._packets.pop(self._next)
+        self._advance(True)
+        return Frame(packet)

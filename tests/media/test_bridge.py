@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from b2bua.media.bridge import UPLINK_TARGET_MS, AudioBridge
+from b2bua.media.bridge import UPLINK_BURST_MAX_MS, UPLINK_TARGET_MS, AudioBridge
 from b2bua.media.leg import RtpSocket
 from b2bua.media.transcode import AacDecoder, AacEncoder, RtpAudioDecoder, RtpAudioEncoder
 from b2bua.wire import flv
@@ -96,9 +96,9 @@ def test_silence_until_the_pusher_has_buffered_then_its_tone_in_rtp():
         bridge.tick_up(60 + i * 20)
     pcm = b"".join(RtpAudioDecoder("PCMU").decode(RtpPacket.parse(d).payload) for d, _ in leg.audio_rtp.sent)
     assert abs(dominant_frequency(pcm, 8000) - 1000) < 20
-    # the pusher's burst is bounded: what exceeds UPLINK_MAX_MS was dropped, not queued as delay
+    # the pusher's burst is bounded: what exceeds the cap was dropped, not queued as delay
     assert bridge.fifo.level() <= 80 * 8
-    assert bridge.stats.rtp_sent == 43 and UPLINK_TARGET_MS == 40
+    assert bridge.stats.rtp_sent == 43 and UPLINK_TARGET_MS == 10
 
 
 def test_dtmf_digits_go_out_as_rfc4733_on_the_same_stream():
@@ -150,9 +150,89 @@ def test_rtp_from_another_host_is_counted_and_ignored():
 
 
 def test_a_smaller_uplink_buffer_starts_sooner_and_keeps_less():
-    leg, players = FakeLeg(), Players()
-    bridge = AudioBridge(leg, negotiated(), players, lambda d: None, uplink_buffer_ms=20)
-    for i, tag in enumerate(pusher_tags(1.0)):
-        bridge.publisher_audio(i * 23, tag)
-    assert bridge.fifo.level() <= 2 * 20 * 8  # the cap is twice the buffer: 40 ms at 8 kHz
-    assert bridge.stats.added_delay_ms == 20 + 40
+    levels = {}
+    for floor in (10, 40):
+        bridge = AudioBridge(FakeLeg(), negotiated(), Players(), lambda d: None, uplink_buffer_ms=floor)
+        for i, tag in enumerate(pusher_tags(1.0)):  # a whole second at once: a stall catching up
+            bridge.publisher_audio(i * 23, tag)
+        levels[floor] = bridge.fifo.level()
+        # the cap: the priming level for the largest burst counted (60 ms) plus one such burst
+        assert levels[floor] <= (floor + 60 + UPLINK_BURST_MAX_MS) * 8
+        assert bridge.uplink_target_ms == floor and bridge.stats.added_delay_ms == 0  # nothing sent yet
+    assert levels[10] < levels[40]
+
+
+def uplink_run(bridge, leg, deliveries, ticks, tick_phase=7.0, levels=None):
+    """Synthetic schedule: ``deliveries`` is [(arrival ms, [tags])]; the tick runs every 20 ms
+    (at ``tick_phase`` + 20 k). Returns the underrun count after each second."""
+    pending = sorted(deliveries, key=lambda d: d[0])
+    per_second = []
+    for k in range(ticks):
+        now = tick_phase + 20 * k
+        while pending and pending[0][0] <= now:
+            t, tags = pending.pop(0)
+            for tag in tags:
+                bridge.publisher_audio(int(t), tag)
+        if levels is not None:
+            levels.append(bridge.fifo.level() / 8)  # ms at 8 kHz, before the tick's take
+        bridge.tick_up(now)
+        if k % 50 == 49:
+            per_second.append(bridge.stats.uplink_underruns)
+    return per_second
+
+
+def pusher_schedule(seconds, burst, jitter=None):
+    tags = pusher_tags(seconds)
+    out = [(0.0, tags[:1])]
+    frames = tags[1:]
+    frame_ms = 1024 / 44.1
+    for i in range(0, len(frames), burst):
+        t = (i + burst) * frame_ms  # a burst leaves when its last frame is encoded
+        if jitter is not None:
+            t += jitter(i)
+        out.append((t, frames[i : i + burst]))
+    return out
+
+
+def test_uplink_steady_pusher_settles_low():
+    bridge, leg, *_ = make()
+    levels = []
+    per_second = uplink_run(bridge, leg, pusher_schedule(20, 1), 20 * 50, levels=levels)
+    assert per_second[-1] == per_second[2] <= 1  # at most one underrun, at the start
+    assert bridge.uplink_target_ms == UPLINK_TARGET_MS
+    # settled: in the last 5 s the FIFO's lowest point keeps the 20 ms packet + 10-15 ms spare
+    assert 29 <= min(levels[-250:]) <= 35 + 1
+
+
+def test_uplink_bursty_pusher_settles_without_repeated_underruns():
+    """live-pusher / ffmpeg style: two 23 ms AAC frames in one write every 46 ms."""
+    bridge, leg, *_ = make()
+    levels = []
+    per_second = uplink_run(bridge, leg, pusher_schedule(20, 2), 20 * 50, levels=levels)
+    assert per_second[-1] == per_second[2] <= 1
+    assert bridge.uplink_target_ms == UPLINK_TARGET_MS
+    # the burst is absorbed on top of the target: 46 ms in at once, 20 ms out per tick
+    assert 29 <= min(levels[-250:]) <= 35 + 1
+    assert max(levels[-250:]) <= 30 + 5 + 46 + 1
+    sent = [RtpPacket.parse(d) for d, _ in leg.audio_rtp.sent]
+    pcm = b"".join(RtpAudioDecoder("PCMU").decode(p.payload) for p in sent[-200:])
+    assert abs(dominant_frequency(pcm, 8000) - 1000) < 20
+
+
+def test_uplink_jitter_spikes_raise_the_target_and_calm_gives_it_back():
+    bridge, leg, *_ = make()
+
+    # 5 s steady, then 5 s where every 10th frame comes 45 ms late, then 40 s steady again
+    def jitter(i):
+        return 45.0 if 217 <= i < 434 and i % 10 == 0 else 0.0
+
+    uplink_run(bridge, leg, pusher_schedule(10, 1, jitter), 10 * 50)
+    raised = bridge.uplink_target_ms
+    assert raised > UPLINK_TARGET_MS and bridge.stats.uplink_underruns >= 1
+    assert bridge.uplink.raises <= 5  # once raised enough, the spikes are absorbed
+    before = bridge.stats.uplink_underruns
+    bridge2 = bridge  # keep the learned state; continue with a calm pusher
+    later = [(t + 10_000, tags) for t, tags in pusher_schedule(40, 1)[1:]]
+    uplink_run(bridge2, leg, later, 40 * 50, tick_phase=10_007.0)
+    assert bridge.uplink_target_ms < raised and bridge.stats.uplink_dropped_ms > 0
+    assert bridge.stats.uplink_underruns - before <= 2
