@@ -187,6 +187,21 @@ def test_aac_encoder_takes_any_chunk_size() -> None:
     assert_tone(pcm, rate)
 
 
+@pytest.mark.parametrize("aac_rate", [16000, 48000])
+def test_aac_encoder_bandwidth_follows_the_input_and_survives_a_codec_change(aac_rate: int) -> None:
+    aac = AacEncoder(aac_rate, in_rate=8000)
+    assert (aac.cutoff, aac.bitrate) == (4000, 32000)  # G.711 has nothing above 4 kHz
+    frames = aac.encode(sine_pcm(TONE, 1.0, 8000))
+    aac.set_input_rate(48000)  # e.g. a re-INVITE to opus: the stream goes on, no gap
+    frames += aac.encode(sine_pcm(TONE, 1.0, 48000))
+    assert [f.pts for f in frames] == [i * AAC_FRAME_SAMPLES for i in range(len(frames))]
+    assert len(frames) >= 2 * aac_rate // AAC_FRAME_SAMPLES - 3
+    pcm, rate = aac_decode_all(aac.extradata, [f.data for f in frames])
+    assert rate == aac_rate
+    assert_tone(pcm, rate)
+    assert AacEncoder(48000).bitrate == 64000 and AacEncoder(48000).cutoff == 0
+
+
 def test_aac_encoder_stereo_extradata() -> None:
     aac = AacEncoder(44100, channels=2)
     config = parse_audio_specific_config(aac.extradata)
