@@ -222,11 +222,14 @@ class User:
 
 
 # ------------------------------------------------------------------------------------------ media
-def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3, streams: int = 1) -> dict:
+def codec_floor(
+    asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3, streams: int = 1, aac_rate: int = 16000
+) -> dict:
     """Bare PyAV cost of the calls' streams (single thread, this process): ms CPU per second of
     audio of one call. Uplink: AAC 44.1 kHz mono decode → resample s16 8 kHz → pcm_mulaw encode
-    (160-sample frames). Downlink: pcm_mulaw decode → resample fltp 16 kHz (1024-sample frames)
-    → AAC encode, configured as the gateway configures it (aac_coder=fast, 32 kb/s).
+    (160-sample frames). Downlink: pcm_mulaw decode → resample fltp at ``aac_rate`` (1024-sample
+    frames) → AAC encode, configured as the gateway configures it for PCMU (aac_coder=fast,
+    32 kb/s, bandwidth cut at 4 kHz).
     With ``streams`` > 1, that many independent calls run side by side, 20 ms of each in turn
     as a media tick does, so the codecs' working sets compete for the caches as they do in the
     gateway; ``seconds`` of audio each. Making the codec contexts is not counted."""
@@ -265,12 +268,12 @@ def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3
     def down_pipeline():
         dec = av.CodecContext.create("pcm_mulaw", "r")
         dec.sample_rate, dec.layout = 8000, "mono"
-        rs = av.AudioResampler(format="fltp", layout="mono", rate=16000, frame_size=1024)
+        rs = av.AudioResampler(format="fltp", layout="mono", rate=aac_rate, frame_size=1024)
         enc = av.CodecContext.create("aac", "w")
-        enc.format, enc.layout, enc.sample_rate = "fltp", "mono", 16000
-        enc.time_base = Fraction(1, 16000)
+        enc.format, enc.layout, enc.sample_rate = "fltp", "mono", aac_rate
+        enc.time_base = Fraction(1, aac_rate)
         enc.bit_rate = 32000
-        enc.options = {"aac_coder": "fast"}
+        enc.options = {"aac_coder": "fast", "cutoff": "4000"}
         enc.open()
         return dec, rs, enc, [0]
 
@@ -314,6 +317,17 @@ def codec_floor(asc: bytes, frames: list[bytes], seconds: float, repeat: int = 3
         "total_ms_per_s": (min(ups) + min(downs)) * 1000 / audio_s,
         "rtp_packets": sum(len(p) for p in payloads),
     }
+
+
+def gateway_aac_rate(gw_set: list[str]) -> int:
+    """The AAC rate the gateway under test uses: a --gw-set override, else the config default."""
+    from b2bua.config import MediaConfig
+
+    for kv in gw_set:
+        key, _, value = kv.partition("=")
+        if key == "media__aac_sample_rate":
+            return int(value)
+    return MediaConfig().aac_sample_rate
 
 
 @defer.inlineCallbacks
@@ -494,10 +508,11 @@ def run_media(args, tmp: Path) -> dict:
         log("hanging up")
         yield defer.DeferredList([u.hangup() for u in users if u.call], consumeErrors=True)
         os.sched_setaffinity(0, {GW_CORE})
-        result["codec_floor"] = codec_floor(asc, frames, args.window)
+        aac_rate = gateway_aac_rate(args.gw_set)
+        result["codec_floor"] = codec_floor(asc, frames, args.window, aac_rate=aac_rate)
         # the same codec work for as many calls side by side as each step had, caches shared alike
         result["codec_floor_interleaved"] = {
-            str(s["calls"]): codec_floor(asc, frames, 3.0, repeat=1, streams=s["calls"])
+            str(s["calls"]): codec_floor(asc, frames, 3.0, repeat=1, streams=s["calls"], aac_rate=aac_rate)
             for s in result["steps"]
         }
         os.sched_setaffinity(0, {LOAD_CORE})
@@ -649,6 +664,9 @@ def udp_snmp() -> dict[str, int]:
     return {k: d.get(k, 0) for k in ("InErrors", "RcvbufErrors", "SndbufErrors")}
 
 
+GC_AUDIT_KEYS = ("gc_garbage", "gc_garbage_types", "gc_live_types", "gc_cycles")
+
+
 @defer.inlineCallbacks
 def run_setup(args, tmp: Path) -> dict:
     peers = Peers(tmp, list(range(1000, 1000 + args.sessions)) + [ECHO_USER])
@@ -791,7 +809,7 @@ def run_setup(args, tmp: Path) -> dict:
                 },
                 "failed_at": dict(stages),
                 "stuck_calls": stuck_detail,
-                **{k: gw[k] for k in ("gc_garbage", "gc_garbage_types", "gc_live_types") if k in gw},
+                **{k: gw[k] for k in GC_AUDIT_KEYS if k in gw},  # BENCH_GC_AUDIT=1 only
             }
 
         yield offer(20, 2)  # warm-up
