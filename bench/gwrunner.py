@@ -8,9 +8,19 @@ on stdout once listening, then takes commands on stdin, one per line:
 - ``stats PATH``: write a JSON snapshot to PATH (CPU, RSS, call/port counts, media clock
   counters, call setup samples, REGISTER send times, and the latency hooks' samples when
   ``--hooks``), then clear the samples; prints ``ok`` when written.
+- ``gc``: run a full collection.
 - ``quit``: stop the node and exit.
 
-No b2bua/ code is changed: the optional hooks (bench/hooks.py) monkeypatch the bridge.
+No b2bua/ code is changed: the optional hooks (bench/hooks.py) monkeypatch the bridge, and
+:class:`SetupTimer` wraps the WebSocket protocol, the ``call`` method and the SIP transport.
+
+Environment (for GC experiments; the gateway's own GC set-up is b2bua.service.tune_gc):
+
+- ``BENCH_GC=default|off|freeze|freeze+periodic|threshold=N``: ``default`` leaves the gateway's
+  start-up choice alone; ``off`` undoes it (CPython defaults, nothing frozen); the others apply
+  one remedy on top of CPython defaults (see :func:`apply_gc_variant`).
+- ``BENCH_GC_AUDIT=1``: keep every object the cyclic GC finds unreachable (``gc.DEBUG_SAVEALL``)
+  and report the commonest types of that garbage in each snapshot (``gc_garbage_types``).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from b2bua.config import Config  # noqa: E402
 from b2bua.service import make_node  # noqa: E402
+from b2bua.ws.protocol import JsonRpcServerProtocol  # noqa: E402
 from tests.peers.ports import free_port  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -115,6 +126,178 @@ class GcWatch:
 GC = GcWatch()
 
 
+def _type_counts(objs, top: int = 40) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in objs:
+        t = type(o)
+        name = f"{t.__module__}.{t.__qualname__}"
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
+
+
+def _edge_name(src, dst) -> str:
+    """How ``src`` refers to ``dst``: an attribute, dict key, cell or item."""
+    d = getattr(src, "__dict__", None)
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if v is dst:
+                return f".{k}"
+        if d is dst:
+            return ".__dict__"
+    if isinstance(src, dict):
+        for k, v in src.items():
+            if v is dst:
+                return f"[{k!r}]"[:40]
+    for attr in ("__self__", "__func__", "__closure__", "cell_contents", "__defaults__"):
+        try:
+            if getattr(src, attr, None) is dst:
+                return f".{attr}"
+        except Exception:
+            pass
+    return "·"
+
+
+def _cycles_through(garbage: list, kinds: tuple[str, ...], limit: int = 3) -> list[str]:
+    """A shortest reference cycle through one garbage object of each type in ``kinds`` (BFS over
+    the garbage only), written as ``Type.attr→Type…``: which references to break."""
+    ids = {id(o) for o in garbage}
+    out = []
+    for kind in kinds:
+        start = next((o for o in garbage if type(o).__qualname__ == kind), None)
+        if start is None:
+            continue
+        prev = {id(start): None}
+        objs = {id(start): start}
+        queue = [start]
+        found = None
+        while queue and found is None and len(prev) < 20_000:
+            nxt = []
+            for o in queue:
+                for r in gc.get_referents(o):
+                    if r is start:
+                        found = o
+                        break
+                    if id(r) in ids and id(r) not in prev:
+                        prev[id(r)] = id(o)
+                        objs[id(r)] = r
+                        nxt.append(r)
+                if found is not None:
+                    break
+            queue = nxt
+        if found is None:
+            continue
+        path = [found]
+        while prev[id(path[-1])] is not None:
+            path.append(objs[prev[id(path[-1])]])
+        path.reverse()  # start … found, and found refers to start
+        chain = [type(path[0]).__qualname__]
+        for a, b in zip(path, path[1:] + [start], strict=True):
+            chain.append(f"{_edge_name(a, b)}→{type(b).__qualname__}")
+        out.append(" ".join(chain))
+        if len(out) >= limit:
+            break
+    return out
+
+
+class SetupTimer:
+    """Call setup latency as the client sees it at the gateway's socket: from the moment the
+    bytes of a WS ``call`` request are read (``dataReceived`` of the WebSocket server protocol,
+    before autobahn parses the frame and JSON) to the moment its first INVITE is handed to the
+    SIP socket (``SipTransport.send``).
+
+    Matching: ``dataReceived`` stamps the read; the ``call`` RPC handler runs synchronously
+    inside it (autobahn → controller → ``maybeDeferred``) and picks up that stamp; after the
+    handler returns, the call's SIP Call-ID (``call.invite.call_id``) is looked up in the send
+    times of out-of-dialog INVITEs (no To tag; the first send per Call-ID wins, so the
+    re-sent INVITE after a 407 does not count). If the INVITE has not gone out yet (e.g. a TCP
+    connect in progress) the match is completed when it does. A frame split over two reads
+    carries the stamp of the read that completed it. Time the bytes spent in the kernel before
+    the reactor read them (e.g. during a GC pause) is *not* included; see ``client→INVITE``
+    in bench/loadgen.py for that.
+    """
+
+    def __init__(self, node) -> None:
+        self.samples: list[float] = []  # seconds, read → INVITE sent
+        self.read_to_handler: list[float] = []  # seconds, read → handler entered
+        self.invite_mono: dict[str, float] = {}  # RPC call id → time.monotonic() of INVITE send
+        self._current_read: float | None = None
+        self._sent: dict[str, float] = {}  # SIP Call-ID → perf_counter of first initial INVITE
+        self._waiting: dict[str, tuple[float, str]] = {}  # SIP Call-ID → (read stamp, call id)
+        self.unmatched = 0
+        timer = self
+
+        orig_data = JsonRpcServerProtocol.dataReceived
+
+        def dataReceived(proto, data, _orig=orig_data):  # noqa: N802
+            prev, timer._current_read = timer._current_read, time.perf_counter()
+            try:
+                return _orig(proto, data)
+            finally:
+                timer._current_read = prev
+
+        JsonRpcServerProtocol.dataReceived = dataReceived
+
+        controller, calls = node.controller, node.calls
+        method = controller.methods["call"]
+        orig_call = method.handler
+
+        def call(client, params, _orig=orig_call):
+            read = timer._current_read
+            if read is not None:
+                timer.read_to_handler.append(time.perf_counter() - read)
+            result = _orig(client, params)
+            c = calls.calls.get(result["call"]) if isinstance(result, dict) else None
+            sip_id = getattr(getattr(c, "invite", None), "call_id", "")
+            if read is None or not sip_id:
+                timer.unmatched += 1
+                return result
+            sent = timer._sent.pop(sip_id, None)
+            if sent is not None:
+                timer._done(result["call"], read, sent[0], sent[1])
+            else:
+                timer._waiting[sip_id] = (read, result["call"])
+            return result
+
+        controller.methods["call"] = type(method)(call, method.needs_session)
+
+        transport = node.stack.transport
+        orig_send = transport.send
+
+        def send(message, target, _orig=orig_send):
+            out = _orig(message, target)
+            if getattr(message, "method", None) == "INVITE" and "tag=" not in (
+                message.headers.get("To") or ""
+            ):
+                sip_id = message.headers.get("Call-ID") or ""
+                now, mono = time.perf_counter(), time.monotonic()
+                waiting = timer._waiting.pop(sip_id, None)
+                if waiting is not None:
+                    timer._done(waiting[1], waiting[0], now, mono)
+                elif sip_id not in timer._sent and len(timer._sent) < 100_000:
+                    timer._sent[sip_id] = (now, mono)
+            return out
+
+        transport.send = send
+
+    def _done(self, call_id: str, read: float, sent: float, mono: float) -> None:
+        self.samples.append(sent - read)
+        if len(self.invite_mono) < 200_000:
+            self.invite_mono[call_id] = mono
+
+    def take(self) -> dict:
+        out = {
+            "read_to_invite": self.samples,
+            "read_to_handler": self.read_to_handler,
+            "invite_mono": self.invite_mono,
+            "unmatched": self.unmatched + len(self._waiting),
+        }
+        self.samples, self.read_to_handler, self.invite_mono = [], [], {}
+        self.unmatched = 0
+        self._sent.clear()  # INVITEs whose call handler never claimed them (none expected)
+        self._waiting.clear()
+        return out
+
+
 def _msg_key(message) -> tuple:
     """What tells one SIP message from a retransmission of it: kind, top Via branch, CSeq, status."""
     via = message.headers.get("Via") or ""
@@ -175,6 +358,8 @@ class Control(LineReceiver):
         self.hooks = hooks
         self.register_sends: list[float] = []
         self.sip: SipCounter | None = None
+        self.setup: SetupTimer | None = None
+        self.audit = False
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         cmd, _, arg = line.decode().strip().partition(" ")
@@ -210,7 +395,24 @@ class Control(LineReceiver):
             "setup_samples": samples,
             "register_sends": regs,
             "gc": GC.take(),
+            "gc_state": {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()},
         }
+        if self.setup is not None:
+            out["setup_wire"] = self.setup.take()
+        if self.audit:
+            gc.collect()  # everything unreachable so far lands in gc.garbage too
+            out["gc_garbage"] = len(gc.garbage)
+            out["gc_garbage_types"] = _type_counts(gc.garbage)
+            out["gc_cycles"] = _cycles_through(
+                gc.garbage,
+                ("Call", "InviteSession", "MediaLeg", "RtpSocket", "PlayerGroup", "Deferred", "Response"),
+                limit=10,
+            )
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.collect()  # now really free it, so it is not counted again next time
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            out["gc_live_types"] = _type_counts(gc.get_objects())
         stats = [c.bridge.stats for c in calls.calls.values() if getattr(c, "bridge", None) is not None]
         out["bridges"] = len(stats)
         out["uplink_underruns"] = sum(s.uplink_underruns for s in stats)
@@ -235,6 +437,53 @@ class Control(LineReceiver):
         if self.hooks is not None:
             out["latency"] = self.hooks.take()
         return out
+
+
+def apply_gc_variant(name: str, reactor) -> None:
+    """GC set-up for the experiments in the report (BENCH_GC). ``default`` keeps the gateway's
+    own (b2bua.service.tune_gc); anything else starts from CPython's defaults (nothing frozen,
+    thresholds 700/10/10) and applies the ``+``-joined remedies: ``off`` (none), ``freeze``
+    (gc.freeze() once started), ``periodic`` (freeze again 30 s later, after the logins),
+    ``threshold=N`` (gen-0 threshold N)."""
+    if name == "default":
+        return
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)  # CPython's defaults
+
+    def freeze() -> None:
+        gc.collect()
+        gc.freeze()
+
+    for token in name.split("+"):
+        if token == "off":
+            pass
+        elif token.startswith("threshold="):
+            gc.set_threshold(int(token.split("=", 1)[1]), 10, 10)
+        elif token == "freeze":
+            freeze()
+        elif token == "periodic":
+            reactor.callLater(30, freeze)
+        else:
+            raise SystemExit(f"BENCH_GC: unknown remedy {token!r}")
+
+
+def break_call_cycles(node) -> None:
+    """Experiment (BENCH_GC_BREAK=1): after a call is forgotten, also break the two reference
+    cycles of a call that live outside b2bua/sip — ``Call.players`` → PlayerGroup →
+    ``on_player_joined`` (a method of the call) → Call, and ``MediaLeg.audio_rtp`` → RtpSocket
+    → ``.leg`` → MediaLeg — to see what freeing ended calls by refcounting alone is worth."""
+    calls = node.calls
+    orig = calls.forget
+
+    def forget(call, _orig=orig):
+        _orig(call)
+        call.players = None
+        for name in ("audio_rtp", "audio_rtcp", "video_rtp", "video_rtcp"):
+            sock = getattr(call.media, name, None)
+            if sock is not None:
+                sock.leg = None
+
+    calls.forget = forget
 
 
 def main() -> None:
@@ -264,7 +513,15 @@ def main() -> None:
         node.stack.transport.send = send
     if transport_send is not None:
         control.sip = SipCounter(node.stack.transport)
+        control.setup = SetupTimer(node)
+    if os.environ.get("BENCH_GC_BREAK"):
+        break_call_cycles(node)
     node.startService()
+    variant = os.environ.get("BENCH_GC", "default")
+    reactor.callWhenRunning(apply_gc_variant, variant, reactor)
+    if os.environ.get("BENCH_GC_AUDIT"):
+        control.audit = True
+        gc.set_debug(gc.DEBUG_SAVEALL)
     stdio.StandardIO(control)
 
     def announce() -> None:
@@ -278,6 +535,7 @@ def main() -> None:
                     "sip_port": config.sip.listen_port,
                     "pid": os.getpid(),
                     "register_hook": transport_send is not None,
+                    "gc_variant": variant + ("+break" if os.environ.get("BENCH_GC_BREAK") else ""),
                 }
             ),
             flush=True,

@@ -178,12 +178,18 @@ def plot(results: dict, suffix: str) -> list[str]:
         r = setup["rates"]
         fig, ax = plt.subplots(figsize=(6, 4))
         x = [s["offered_rate"] for s in r]
-        ax.plot(x, [s["setup_ms_p50"] for s in r], "o-", label="WS call → INVITE written p50")
-        ax.plot(x, [s["setup_ms_p99"] for s in r], "o--", label="p99")
+        ax.plot(x, [s["setup_ms_p50"] for s in r], "o-", color="C0", label="handler → INVITE p50")
+        ax.plot(x, [s["setup_ms_p99"] for s in r], "o--", color="C0", label="handler → INVITE p99")
+        if all(s.get("read_to_invite_ms_p99") is not None for s in r):
+            ax.plot(x, [s["read_to_invite_ms_p50"] for s in r], "s-", color="C1",
+                    label="WS socket read → INVITE p50")
+            ax.plot(x, [s["read_to_invite_ms_p99"] for s in r], "s--", color="C1",
+                    label="WS socket read → INVITE p99")
         ax.axhline(5, color="r", ls=":", label="bar p99 5 ms")
+        ax.set_yscale("log")
         ax.set_xlabel("offered call setups + teardowns per second")
-        ax.set_ylabel("ms")
-        ax.legend()
+        ax.set_ylabel("ms (log)")
+        ax.legend(fontsize="small")
         fig.tight_layout()
         p = RESULTS / f"setup{suffix}.png"
         fig.savefig(p, dpi=90)

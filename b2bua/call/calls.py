@@ -340,6 +340,7 @@ class CallManager:
         self.streams.remove(call.media.push_key)
         self.streams.remove(call.media.play_key)
         call.media.close()
+        call.players = None  # the group's callbacks point back at the call: no cycle to collect
 
     def record_media(self, stats) -> None:
         self.m_rtp.labels("out").inc(stats.rtp_sent)

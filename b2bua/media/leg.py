@@ -36,8 +36,7 @@ class RtpSocket(DatagramProtocol):
     """One UDP socket of a leg. ``remote`` is set by the bridge once it accepted a packet from the
     negotiated far end (symmetric RTP: we answer to the port its packets come from)."""
 
-    def __init__(self, leg: MediaLeg, kind: str) -> None:
-        self.leg = leg
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self.packets = 0
         self.bytes = 0
@@ -83,10 +82,10 @@ class MediaLeg:
         self.push_url = f"{rtmp_base}/{self.push_key}"
         self.play_url = f"{rtmp_base}/{self.play_key}"
         self.negotiated: NegotiatedMedia | None = None
-        self.audio_rtp = RtpSocket(self, "audio-rtp")
-        self.audio_rtcp = RtpSocket(self, "audio-rtcp")
-        self.video_rtp = RtpSocket(self, "video-rtp")
-        self.video_rtcp = RtpSocket(self, "video-rtcp")
+        self.audio_rtp = RtpSocket("audio-rtp")
+        self.audio_rtcp = RtpSocket("audio-rtcp")
+        self.video_rtp = RtpSocket("video-rtp")
+        self.video_rtcp = RtpSocket("video-rtcp")
         self._ports: list[IListeningPort] = []
         self._pairs: list[int] = []
         self._offer: SessionDescription | None = None

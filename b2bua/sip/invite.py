@@ -623,6 +623,35 @@ class InviteSession:
             self.listener.invite_ended(self, status, reason_headers, by, why)
         except Exception:
             log.failure("invite_ended listener failed")
+        finally:
+            # The listener (the call) holds this session and this session held the listener: a
+            # reference cycle that left every ended call and its media to the cyclic GC. Nothing
+            # is reported after the end, so drop the reference and let refcounting free the call.
+            self.listener = _ENDED_LISTENER
+
+
+class _EndedListener:
+    """The listener of a terminated session: ignores what comes late, refuses in-dialog requests."""
+
+    def invite_progress(self, session: InviteSession, status: int, sdp: bytes | None) -> None:
+        pass
+
+    def invite_answered(self, session: InviteSession, sdp: bytes | None) -> None:
+        pass
+
+    def invite_ended(
+        self, session: InviteSession, status: int | None, reason_headers: list[str], by: str, why: str
+    ) -> None:
+        pass
+
+    def invite_offer(self, session: InviteSession, sdp: bytes) -> bytes | None:
+        return None
+
+    def invite_request(self, session: InviteSession, request: Request) -> int:
+        return 481  # Call/Transaction Does Not Exist
+
+
+_ENDED_LISTENER = _EndedListener()
 
 
 class _EndedUac:

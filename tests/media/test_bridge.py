@@ -17,7 +17,7 @@ FAR = ("127.0.0.9", 40000)
 
 class FakeSocket(RtpSocket):
     def __init__(self, kind):
-        super().__init__(None, kind)
+        super().__init__(kind)
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
 
     def send(self, data, addr):

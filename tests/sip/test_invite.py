@@ -1017,3 +1017,27 @@ def test_hangup_while_2xx_is_unacknowledged_waits_for_the_ack_then_byes():
     assert len(stack.sent("BYE")) == 1
     assert ended(listener) == [("ended", None, [], "local", "bye")]
     assert no_timers(stack)
+
+
+def test_ended_session_lets_go_of_its_listener():
+    # The call (listener) holds its session; the session must not hold the call once ended, or
+    # every ended call is a reference cycle that only the cyclic GC (long pauses) can free.
+    import gc
+    import weakref
+
+    stack, listener, session = confirmed_uac()
+    listener.session = session  # like Call.invite
+    gone = weakref.ref(listener)
+    session.hangup()
+    assert ended(listener) == [("ended", None, [], "local", "bye")]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del listener
+        assert gone() is None  # freed by reference counting alone
+    finally:
+        if enabled:
+            gc.enable()
+    # what still reaches the ended session (a late request, a late 2xx) finds nobody home
+    assert session.listener.invite_request(session, Request(method="INFO", uri="sip:x@y")) == 481
+    assert session.listener.invite_offer(session, OFFER) is None
