@@ -447,7 +447,9 @@ def run_media(args, tmp: Path) -> dict:
             }
             if args.hooks and "latency" in gw:
                 lat = gw["latency"]
-                for k in ("uplink_ms", "downlink_ms", "downlink_first_ms"):
+                for k in ("uplink_ms", "uplink_first_ms", "downlink_ms", "downlink_first_ms"):
+                    if k not in lat:
+                        continue
                     step[k] = {
                         "n": len(lat[k]),
                         "p50": pct(lat[k], 50),
