@@ -358,6 +358,7 @@ class Control(LineReceiver):
         self.hooks = hooks
         self.register_sends: list[float] = []
         self.sip: SipCounter | None = None
+        self.stalls: StallSampler | None = None
         self.setup: SetupTimer | None = None
         self.audit = False
 
@@ -391,6 +392,8 @@ class Control(LineReceiver):
                 "late": clock.late_ticks,
                 "skipped": clock.skipped_ticks,
                 "members": len(clock.members),
+                "lag_counts": list(clock.lag_counts),
+                "lag_max_ms": clock.lag_max_ms,
             },
             "setup_samples": samples,
             "register_sends": regs,
@@ -436,6 +439,8 @@ class Control(LineReceiver):
         out["live_calls"] = live
         if self.hooks is not None:
             out["latency"] = self.hooks.take()
+        if self.stalls is not None:
+            out["stalls"] = self.stalls.take()
         return out
 
 
@@ -486,6 +491,74 @@ def break_call_cycles(node) -> None:
     calls.forget = forget
 
 
+class StallSampler:
+    """When the reactor thread has not come back to the event loop for ``threshold_ms``, record
+    the stack it is in (``BENCH_STALLS=1``): what delays the media ticks, by name. A thread that
+    wakes every 2 ms; it needs the GIL to look, so a stall inside one C call that keeps the GIL
+    is seen when that call returns (its caller is then on the stack)."""
+
+    def __init__(self, threshold_ms: float = 8.0) -> None:
+        import threading
+
+        self.threshold = threshold_ms / 1000.0
+        self.beat = time.perf_counter()
+        self.idle = False
+        self.stacks: dict[str, int] = {}
+        self.main = threading.main_thread().ident
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def heartbeat(self) -> None:
+        self.beat = time.perf_counter()
+
+    def _watch(self) -> None:
+        import sys
+        import traceback
+
+        seen_beat = None
+        while True:
+            time.sleep(0.002)
+            beat = self.beat
+            if self.idle or time.perf_counter() - beat < self.threshold or beat == seen_beat:
+                continue
+            seen_beat = beat  # one sample per stall
+            frame = sys._current_frames().get(self.main)
+            if frame is None:
+                continue
+            frames = traceback.extract_stack(frame)[-8:]
+            stack = ";".join(f"{f.name} ({os.path.basename(f.filename)}:{f.lineno})" for f in frames)
+            self.stacks[stack] = self.stacks.get(stack, 0) + 1
+
+    def take(self) -> list:
+        out = sorted(self.stacks.items(), key=lambda kv: -kv[1])[:15]
+        self.stacks = {}
+        return out
+
+
+class _PollProxy:
+    """The reactor's epoll object, with the sampler told when the thread sleeps in it."""
+
+    def __init__(self, poller, sampler: StallSampler) -> None:
+        self._poller, self._sampler = poller, sampler
+
+    def poll(self, *args):
+        self._sampler.idle = True
+        try:
+            return self._poller.poll(*args)
+        finally:
+            self._sampler.idle = False
+            self._sampler.heartbeat()
+
+    def __getattr__(self, name):
+        return getattr(self._poller, name)
+
+
+def install_stall_sampler(reactor_) -> StallSampler:
+    """A stall is busy time since the reactor last returned from epoll_wait."""
+    sampler = StallSampler()
+    reactor_._poller = _PollProxy(reactor_._poller, sampler)
+    return sampler
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pbx", required=True)
@@ -519,6 +592,8 @@ def main() -> None:
     node.startService()
     variant = os.environ.get("BENCH_GC", "default")
     reactor.callWhenRunning(apply_gc_variant, variant, reactor)
+    if os.environ.get("BENCH_STALLS"):
+        control.stalls = install_stall_sampler(reactor)
     if os.environ.get("BENCH_GC_AUDIT"):
         control.audit = True
         gc.set_debug(gc.DEBUG_SAVEALL)

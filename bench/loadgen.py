@@ -319,6 +319,16 @@ def codec_floor(
     }
 
 
+def core_steal(core: int) -> float:
+    """Seconds the hypervisor ran something else while this VM's ``core`` wanted to run (the
+    'steal' column of /proc/stat): a stall no code of ours causes."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                return int(line.split()[8]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def gateway_aac_rate(gw_set: list[str]) -> int:
     """The AAC rate the gateway under test uses: a --gw-set override, else the config default."""
     from b2bua.config import MediaConfig
@@ -396,10 +406,13 @@ def run_media(args, tmp: Path) -> dict:
             log(f"{len(users)} calls up in {time.monotonic() - ramp_t0:.1f} s; warm-up {args.warmup} s")
             yield sleep(args.warmup)
             # ---- steady window
+            # the gateway's snapshot walks the GC's objects (tens of ms): taken outside the window
+            gw0 = yield peers.gw.stats(tmp)  # clears samples
+            yield sleep(0.5)
             for u in users:
                 u.play.take_gaps()
             peers.echo.transport.write(b"reset\n")
-            yield peers.gw.stats(tmp)  # clears samples
+            steal0 = core_steal(GW_CORE)
             cpu0, t0 = proc_cpu(peers.gw_pid), time.monotonic()
             own0 = proc_cpu()
             echo0 = proc_cpu(peers.echo.info["pid"])
@@ -408,9 +421,10 @@ def run_media(args, tmp: Path) -> dict:
             cpu1, t1 = proc_cpu(peers.gw_pid), time.monotonic()
             own1, echo1 = proc_cpu(), proc_cpu(peers.echo.info["pid"])
             sent1 = sum(p.sent for p in publishers)
-            gw = yield peers.gw.stats(tmp)
+            steal1 = core_steal(GW_CORE)
             echo = yield peers.echo.stats(tmp)
             gaps = [u.play.take_gaps() for u in users]
+            gw = yield peers.gw.stats(tmp)
             wall = t1 - t0
             streams = echo["streams"]
             lost = sum(s["lost"] for s in streams)
@@ -437,8 +451,14 @@ def run_media(args, tmp: Path) -> dict:
                 "player_frames": sum(f for f, _ in gaps),
                 "player_max_gap_ms": max((g for _, g in gaps), default=None),
                 "player_stalls_gt_100ms": stalls,
-                "gw_late_ticks": gw["clock"]["late"],
-                "gw_skipped_ticks": gw["clock"]["skipped"],
+                "gw_late_ticks": gw["clock"]["late"] - gw0["clock"]["late"],
+                # ticks by how late they began against the 20 ms grid (≤1, 2, 5, 10, 20, >20 ms)
+                "gw_tick_lag_counts": [
+                    b - a for a, b in zip(gw0["clock"]["lag_counts"], gw["clock"]["lag_counts"], strict=True)
+                ],
+                "gw_core_steal_ms": (steal1 - steal0) * 1000.0,
+                **({"gw_stall_stacks": gw["stalls"]} if "stalls" in gw else {}),
+                "gw_skipped_ticks": gw["clock"]["skipped"] - gw0["clock"]["skipped"],
                 "gw_uplink_underruns_total": gw["uplink_underruns"],
                 "gw_uplink_dropped_ms_total": gw["uplink_dropped_ms"],
                 "gw_concealed_ms_total": gw["concealed_ms"],

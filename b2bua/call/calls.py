@@ -320,6 +320,16 @@ class CallManager:
             "Media ticks run late (all time)",
             lambda: float(self.clock.late_ticks),
         )
+        metrics.gauge_fn(
+            "mpb2bua_media_tick_lag_max_seconds",
+            "Largest delay of a media tick behind its 20 ms grid point (all time)",
+            lambda: self.clock.lag_max_ms / 1000.0,
+        )
+        metrics.gauge_fn(
+            "mpb2bua_media_ticks_lagging_5ms",
+            "Media ticks that began more than 5 ms behind their grid point (all time)",
+            lambda: float(sum(self.clock.lag_counts[3:])),
+        )
 
     def _states(self) -> dict[tuple[str, ...], float]:
         out: dict[tuple[str, ...], float] = {}

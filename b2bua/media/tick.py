@@ -16,6 +16,8 @@ log = Logger()
 
 PTIME = 0.020
 MAX_CATCH_UP = 5  # beyond 100 ms late, skip ahead instead of bursting
+# upper bounds (ms) of the tick-lag histogram: how long after its 20 ms grid point a tick began
+LAG_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, float("inf"))
 
 
 class Ticking(Protocol):
@@ -32,12 +34,17 @@ class MediaClock:
         self.ticks = 0
         self.late_ticks = 0
         self.skipped_ticks = 0
+        # how late each tick began against its grid point: what every call's RTP send inherits
+        self.lag_counts = [0] * len(LAG_BUCKETS_MS)
+        self.lag_max_ms = 0.0
+        self._due: float | None = None  # the grid point of the next tick, reactor seconds
         self._loop = task.LoopingCall.withCount(self._run)
         self._loop.clock = reactor
 
     def add(self, member: Ticking) -> None:
         self.members.add(member)
         if not self._loop.running:
+            self._due = self.reactor.seconds() + self.interval
             self._loop.start(self.interval, now=False)
 
     def discard(self, member: Ticking) -> None:
@@ -50,13 +57,29 @@ class MediaClock:
         if self._loop.running:
             self._loop.stop()
 
+    def _record_lag(self, now: float, count: int) -> None:
+        if self._due is None:
+            return
+        # the lag of the oldest grid point not yet served: a 30 ms stall replays two ticks, and
+        # the first of them is 30 ms late, not 10
+        lag_ms = max(0.0, (now - self._due) * 1000.0)
+        self._due += count * self.interval
+        for i, bound in enumerate(LAG_BUCKETS_MS):
+            if lag_ms <= bound:
+                self.lag_counts[i] += 1
+                break
+        if lag_ms > self.lag_max_ms:
+            self.lag_max_ms = lag_ms
+
     def _run(self, count: int) -> None:
         if count > 1:
             self.late_ticks += count - 1
         if count > MAX_CATCH_UP:
             self.skipped_ticks += count - MAX_CATCH_UP
             count = MAX_CATCH_UP
-        now_ms = self.reactor.seconds() * 1000.0
+        now = self.reactor.seconds()
+        now_ms = now * 1000.0
+        self._record_lag(now, count)
         for i in range(count):
             self.ticks += 1
             at = now_ms - (count - 1 - i) * self.interval * 1000.0

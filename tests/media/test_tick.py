@@ -69,3 +69,21 @@ def test_the_clock_stops_with_its_last_member():
     media.add(member)
     media.discard(member)
     assert clock.getDelayedCalls() == []
+
+
+def test_tick_lag_is_measured_against_the_grid():
+    from b2bua.media.tick import LAG_BUCKETS_MS
+
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    media.add(Member("a", log))
+    clock.advance(0.020)  # on time
+    clock.advance(0.0231)  # 3.1 ms late
+    clock.advance(0.0169)  # back on the grid (the next point is 60 ms)
+    clock.advance(0.0287)  # 88.7: tick 80 ran 8.7 ms late
+    counts = dict(zip(LAG_BUCKETS_MS, media.lag_counts, strict=True))
+    assert counts[1.0] == 2 and counts[5.0] == 1 and counts[10.0] == 1
+    assert 8.6 < media.lag_max_ms < 8.8
+    clock.advance(0.0513)  # 140: ticks 100, 120, 140 run at once; the first is 40 ms late
+    assert media.late_ticks == 2 and sum(media.lag_counts) == 5
+    assert media.lag_counts[-1] == 1 and 39.9 < media.lag_max_ms < 40.1
