@@ -188,8 +188,12 @@ class Registration:
         self.granted = granted
         self._failures = 0
         self._auth_fresh = False
-        # refresh at about half the granted time; jitter spreads a crowd of logins over time
-        delay = max(MIN_REFRESH, granted * self._rng.uniform(0.45, 0.55))
+        # Refresh at about half the granted time. Users log in in crowds (a shift starts, a node
+        # restarts and every phone comes back): the first refresh is drawn from a wide window,
+        # 20–60 % of the granted time, so the crowd's refreshes spread out instead of coming
+        # back as one wave every half-expiry; later ones keep ±5 % around the half.
+        low, high = (0.2, 0.6) if first else (0.45, 0.55)
+        delay = max(MIN_REFRESH, granted * self._rng.uniform(low, high))
         self._schedule(delay, self._refresh)
         if first:
             self.listener.registered(granted)

@@ -74,11 +74,11 @@ class Listener:
         self.events.append(("unregistered",))
 
 
-def make(password="1234", expires=600):
+def make(password="1234", expires=600, rng=None):
     stack = FakeStack()
     listener = Listener()
     reg = Registration(stack, "1000", DigestClient("1000", password=password), "mp-abc", listener, expires,
-                       rng=random.Random(1))
+                       rng=rng or random.Random(1))
     return stack, listener, reg
 
 
@@ -102,14 +102,34 @@ def test_challenge_then_registered_and_refresh_at_half():
     assert listener.events == [("registered", 120)]
     assert reg.state == "registered" and reg.granted == 120
     (call,) = stack.reactor.getDelayedCalls()
-    assert 0.45 * 120 <= call.getTime() <= 0.55 * 120
+    assert 0.2 * 120 <= call.getTime() <= 0.6 * 120  # the first refresh: a wide window
     stack.reactor.advance(call.getTime())
     refresh = stack.sent[2][0]
     assert refresh.call_id == first.call_id and refresh.cseq[0] == second.cseq[0] + 1
     # the cached challenge is answered pre-emptively, with the nonce count incremented
     assert "nc=00000002" in refresh.headers.get("Authorization")
+    t = stack.reactor.seconds()
     stack.answer(200, [contact_ok(120)])
     assert listener.events == [("registered", 120)]  # a refresh is not a new event
+    (call,) = stack.reactor.getDelayedCalls()
+    assert 0.45 * 120 <= call.getTime() - t <= 0.55 * 120  # later ones: about half
+
+
+def test_a_crowd_logging_in_at_once_refreshes_spread_out():
+    """1,000 users registered in the same second: their first refreshes fill 20-60 % of the
+    expiry evenly (no bucket of 10 % of that window holds more than 1.5x its share)."""
+    times, rng = [], random.Random(7)
+    for _ in range(1000):
+        stack, listener, reg = make(rng=rng)
+        reg.start()
+        stack.answer(200, [contact_ok(100)])
+        (call,) = stack.reactor.getDelayedCalls()
+        times.append(call.getTime())
+    assert 20 <= min(times) and max(times) <= 60
+    buckets = [0] * 10
+    for t in times:
+        buckets[min(9, int((t - 20) / 4))] += 1
+    assert max(buckets) <= 150 and min(buckets) >= 50, buckets
 
 
 def test_refused_credentials_fail_without_retry():
