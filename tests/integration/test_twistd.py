@@ -84,6 +84,9 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
         assert 'mpb2bua_sip_requests_total{direction="out",method="REGISTER"} 2' in text
         assert 'mpb2bua_sip_responses_total{direction="in",method="REGISTER",code="401"} 1' in text
         assert "mpb2bua_sessions" in text
+        # the media clock has not run (no call): no tick has lagged
+        assert "mpb2bua_media_tick_lag_max_seconds 0" in text
+        assert "mpb2bua_media_ticks_lagging_5ms 0" in text
         # a graceful stop un-registers everyone before the process exits
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
