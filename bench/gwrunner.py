@@ -394,6 +394,8 @@ class Control(LineReceiver):
                 "members": len(clock.members),
                 "lag_counts": list(clock.lag_counts),
                 "lag_max_ms": clock.lag_max_ms,
+                "busy_counts": list(clock.busy_counts),
+                "busy_max_ms": clock.busy_max_ms,
             },
             "setup_samples": samples,
             "register_sends": regs,

@@ -456,6 +456,11 @@ def run_media(args, tmp: Path) -> dict:
                 "gw_tick_lag_counts": [
                     b - a for a, b in zip(gw0["clock"]["lag_counts"], gw["clock"]["lag_counts"], strict=True)
                 ],
+                # ticks by how long their own work ran (≤ 2, 5, 10, 15, 20, > 20 ms)
+                "gw_tick_busy_counts": [
+                    b - a
+                    for a, b in zip(gw0["clock"]["busy_counts"], gw["clock"]["busy_counts"], strict=True)
+                ],
                 "gw_core_steal_ms": (steal1 - steal0) * 1000.0,
                 **({"gw_stall_stacks": gw["stalls"]} if "stalls" in gw else {}),
                 "gw_skipped_ticks": gw["clock"]["skipped"] - gw0["clock"]["skipped"],

@@ -326,6 +326,11 @@ class CallManager:
             lambda: self.clock.lag_max_ms / 1000.0,
         )
         metrics.gauge_fn(
+            "mpb2bua_media_tick_busy_max_seconds",
+            "Longest a media tick's own work ran (all time): at 20 ms the next tick cannot start on time",
+            lambda: self.clock.busy_max_ms / 1000.0,
+        )
+        metrics.gauge_fn(
             "mpb2bua_media_ticks_lagging_5ms",
             "Media ticks that began more than 5 ms behind their grid point (all time)",
             lambda: float(sum(self.clock.lag_counts[3:])),

@@ -7,6 +7,8 @@ the missed ticks are replayed at once so every stream keeps its 20 ms grid on av
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet import task
@@ -18,6 +20,8 @@ PTIME = 0.020
 MAX_CATCH_UP = 5  # beyond 100 ms late, skip ahead instead of bursting
 # upper bounds (ms) of the tick-lag histogram: how long after its 20 ms grid point a tick began
 LAG_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, float("inf"))
+# upper bounds (ms) of the tick-duration histogram: the tick's own work, all calls, both phases
+BUSY_BUCKETS_MS = (2.0, 5.0, 10.0, 15.0, 20.0, float("inf"))
 
 
 class Ticking(Protocol):
@@ -27,8 +31,11 @@ class Ticking(Protocol):
 
 
 class MediaClock:
-    def __init__(self, reactor, interval: float = PTIME) -> None:
+    def __init__(
+        self, reactor, interval: float = PTIME, timer: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.reactor = reactor
+        self.timer = timer
         self.interval = interval
         self.members: set[Ticking] = set()
         self.ticks = 0
@@ -37,6 +44,9 @@ class MediaClock:
         # how late each tick began against its grid point: what every call's RTP send inherits
         self.lag_counts = [0] * len(LAG_BUCKETS_MS)
         self.lag_max_ms = 0.0
+        # how long the ticks themselves run: near 20 ms, the next tick cannot start on time
+        self.busy_counts = [0] * len(BUSY_BUCKETS_MS)
+        self.busy_max_ms = 0.0
         self._due: float | None = None  # the grid point of the next tick, reactor seconds
         self._loop = task.LoopingCall.withCount(self._run)
         self._loop.clock = reactor
@@ -57,6 +67,13 @@ class MediaClock:
         if self._loop.running:
             self._loop.stop()
 
+    @staticmethod
+    def _count(counts: list[int], buckets: tuple[float, ...], value: float) -> None:
+        for i, bound in enumerate(buckets):
+            if value <= bound:
+                counts[i] += 1
+                return
+
     def _record_lag(self, now: float, count: int) -> None:
         if self._due is None:
             return
@@ -64,14 +81,12 @@ class MediaClock:
         # the first of them is 30 ms late, not 10
         lag_ms = max(0.0, (now - self._due) * 1000.0)
         self._due += count * self.interval
-        for i, bound in enumerate(LAG_BUCKETS_MS):
-            if lag_ms <= bound:
-                self.lag_counts[i] += 1
-                break
+        self._count(self.lag_counts, LAG_BUCKETS_MS, lag_ms)
         if lag_ms > self.lag_max_ms:
             self.lag_max_ms = lag_ms
 
     def _run(self, count: int) -> None:
+        started = self.timer()
         if count > 1:
             self.late_ticks += count - 1
         if count > MAX_CATCH_UP:
@@ -92,3 +107,7 @@ class MediaClock:
                     except Exception:
                         log.failure("media {phase} failed for {member!r}", phase=phase, member=member)
                         self.members.discard(member)
+        busy_ms = (self.timer() - started) * 1000.0
+        self._count(self.busy_counts, BUSY_BUCKETS_MS, busy_ms)
+        if busy_ms > self.busy_max_ms:
+            self.busy_max_ms = busy_ms

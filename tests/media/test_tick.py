@@ -87,3 +87,21 @@ def test_tick_lag_is_measured_against_the_grid():
     clock.advance(0.0513)  # 140: ticks 100, 120, 140 run at once; the first is 40 ms late
     assert media.late_ticks == 2 and sum(media.lag_counts) == 5
     assert media.lag_counts[-1] == 1 and 39.9 < media.lag_max_ms < 40.1
+
+
+def test_tick_duration_is_measured():
+    from b2bua.media.tick import BUSY_BUCKETS_MS
+
+    clock, log, fake = Clock(), [], [0.0]
+
+    class Slow(Member):
+        def tick_down(self, now_ms):
+            fake[0] += 0.012  # this tick's work: 12 ms on the timer
+
+    media = MediaClock(clock, timer=lambda: fake[0])
+    media.add(Slow("a", log))
+    clock.advance(0.020)
+    clock.advance(0.020)
+    counts = dict(zip(BUSY_BUCKETS_MS, media.busy_counts, strict=True))
+    assert counts[15.0] == 2 and sum(media.busy_counts) == 2
+    assert 11.9 < media.busy_max_ms < 12.1
