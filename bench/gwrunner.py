@@ -21,6 +21,8 @@ Environment (for GC experiments; the gateway's own GC set-up is b2bua.service.tu
   one remedy on top of CPython defaults (see :func:`apply_gc_variant`).
 - ``BENCH_GC_AUDIT=1``: keep every object the cyclic GC finds unreachable (``gc.DEBUG_SAVEALL``)
   and report the commonest types of that garbage in each snapshot (``gc_garbage_types``).
+- ``BENCH_STALLS=1``: sample the reactor's stack whenever it has been busy for 8 ms without
+  returning to ``epoll`` (:class:`StallSampler`; costs CPU, so not for CPU figures).
 """
 
 from __future__ import annotations
@@ -474,25 +476,6 @@ def apply_gc_variant(name: str, reactor) -> None:
             raise SystemExit(f"BENCH_GC: unknown remedy {token!r}")
 
 
-def break_call_cycles(node) -> None:
-    """Experiment (BENCH_GC_BREAK=1): after a call is forgotten, also break the two reference
-    cycles of a call that live outside b2bua/sip — ``Call.players`` → PlayerGroup →
-    ``on_player_joined`` (a method of the call) → Call, and ``MediaLeg.audio_rtp`` → RtpSocket
-    → ``.leg`` → MediaLeg — to see what freeing ended calls by refcounting alone is worth."""
-    calls = node.calls
-    orig = calls.forget
-
-    def forget(call, _orig=orig):
-        _orig(call)
-        call.players = None
-        for name in ("audio_rtp", "audio_rtcp", "video_rtp", "video_rtcp"):
-            sock = getattr(call.media, name, None)
-            if sock is not None:
-                sock.leg = None
-
-    calls.forget = forget
-
-
 class StallSampler:
     """When the reactor thread has not come back to the event loop for ``threshold_ms``, record
     the stack it is in (``BENCH_STALLS=1``): what delays the media ticks, by name. A thread that
@@ -589,8 +572,6 @@ def main() -> None:
     if transport_send is not None:
         control.sip = SipCounter(node.stack.transport)
         control.setup = SetupTimer(node)
-    if os.environ.get("BENCH_GC_BREAK"):
-        break_call_cycles(node)
     node.startService()
     variant = os.environ.get("BENCH_GC", "default")
     reactor.callWhenRunning(apply_gc_variant, variant, reactor)
@@ -612,7 +593,7 @@ def main() -> None:
                     "sip_port": config.sip.listen_port,
                     "pid": os.getpid(),
                     "register_hook": transport_send is not None,
-                    "gc_variant": variant + ("+break" if os.environ.get("BENCH_GC_BREAK") else ""),
+                    "gc_variant": variant,
                 }
             ),
             flush=True,

@@ -44,6 +44,7 @@ log = Logger()
 UPLINK_TARGET_MS = 10  # starting and lowest target (config media.uplink_buffer_ms)
 UPLINK_MAX_MS = 100  # highest target (config media.uplink_buffer_max_ms)
 UPLINK_BURST_MAX_MS = 60  # a larger delivery is a stall catching up, not the pusher's rhythm
+UPLINK_CAP_ABOVE_TARGET_MS = 2 * UPLINK_BURST_MAX_MS  # the priming for the largest burst, and one more
 JITTER_MIN_MS, JITTER_MAX_MS = 20, 160  # the downlink jitter buffer's adaptive target
 PTIME_MS = 20
 RTCP_INTERVAL_MS = 5000
@@ -245,10 +246,9 @@ class AudioBridge:
         self._delivered += len(pcm) // self.fifo.sample_bytes
         # the cap: a catching-up burst (after a stall, or a pusher clock faster than ours) is
         # dropped, oldest first, beyond the priming level for the largest burst plus one such
-        # burst (target + 120 ms): far above the pusher's rhythm, whose jitter never hits it
+        # burst: far above the pusher's rhythm, whose jitter never hits it
         rate = self.encoder.sample_rate
-        cap_ms = self.uplink.prime_level_ms(UPLINK_BURST_MAX_MS) + UPLINK_BURST_MAX_MS
-        dropped = self.fifo.trim_to(int(cap_ms * rate // 1000))
+        dropped = self.fifo.trim_to(int((self.uplink.target_ms + UPLINK_CAP_ABOVE_TARGET_MS) * rate // 1000))
         if dropped:
             self.stats.uplink_dropped_ms += dropped * 1000 / rate
 

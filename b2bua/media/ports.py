@@ -30,8 +30,10 @@ class RtpPort(udp.Port):
             if e.errno not in _AGAIN:  # ECONNREFUSED: an ICMP error from an earlier send
                 log.info("RTP socket read failed: {e}", e=e)
             return
+        if len(addr) > 2:  # IPv6: (host, port, flowinfo, scope_id)
+            addr = addr[:2]
         try:
-            self.protocol.datagramReceived(data, addr[:2])
+            self.protocol.datagramReceived(data, addr)
         except Exception:
             log.failure("RTP datagram handler failed")
 

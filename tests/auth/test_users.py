@@ -11,55 +11,10 @@ from b2bua.auth.users import (
     YamlUsers,
     read_freeswitch_vars,
 )
+from tests.peers.freeswitch_directory import write_directory
 
 REPO = Path(__file__).resolve().parents[2]
 HA1 = hashlib.md5(b"1001:pbx.example.com:s3cret").hexdigest()
-
-# directory/default/1000.xml as shipped with FreeSWITCH 1.10 (conf/vanilla).
-FS_1000_XML = """\
-<include>
-  <user id="1000">
-    <params>
-      <param name="password" value="$${default_password}"/>
-      <param name="vm-password" value="1000"/>
-    </params>
-    <variables>
-      <variable name="toll_allow" value="domestic,international,local"/>
-      <variable name="accountcode" value="1000"/>
-      <variable name="user_context" value="default"/>
-      <variable name="effective_caller_id_name" value="Extension 1000"/>
-      <variable name="effective_caller_id_number" value="1000"/>
-      <variable name="outbound_caller_id_name" value="$${outbound_caller_name}"/>
-      <variable name="outbound_caller_id_number" value="$${outbound_caller_id}"/>
-      <variable name="callgroup" value="techsupport"/>
-    </variables>
-  </user>
-</include>
-"""
-
-# directory/default.xml (abridged): the domain, including default/*.xml; no user of its own.
-FS_DEFAULT_XML = """\
-<?xml version="1.0" encoding="utf-8"?>
-<include>
-  <!-- Comments are fine. -->
-  <domain name="$${domain}">
-    <params>
-      <param name="dial-string"
-             value="{^^:sip_invite_domain=${dialed_domain}}${sofia_contact(*/${dialed_user}@${dialed_domain})}"/>
-    </params>
-    <variables>
-      <variable name="record_stereo" value="true"/>
-    </variables>
-    <groups>
-      <group name="default">
-        <users>
-          <X-PRE-PROCESS cmd="include" data="default/*.xml"/>
-        </users>
-      </group>
-    </groups>
-  </domain>
-</include>
-"""
 
 FS_SKINNY_XML = """\
 <include>
@@ -95,10 +50,7 @@ def fs_user(user: str, params: str) -> str:
 
 @pytest.fixture
 def fs_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "directory"
-    write(root / "default.xml", FS_DEFAULT_XML)
-    for n in range(1000, 1020):
-        write(root / "default" / f"{n}.xml", FS_1000_XML.replace("1000", str(n)))
+    root = write_directory(tmp_path / "directory", range(1000, 1020))
     write(root / "default" / "skinny-example.xml", FS_SKINNY_XML)
     hashed = fs_user("2001", f'<param name="a1-hash" value="{HA1.upper()}"/>')
     write(root / "default" / "1001-hash.xml", hashed)

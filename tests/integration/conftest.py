@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.gateway import start_gateway
+from tests.peers.sipp import Sipp
 
 
 @pytest.fixture
@@ -22,3 +23,21 @@ def gateway_factory():
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture
+def far(kamailio, tmp_path):
+    """Start sipp far-end phones (``start(scenario, user="1500", …)``) registered at the test's
+    Kamailio; all are stopped at the end, and their logs printed."""
+    started = []
+
+    def start(scenario, user="1500", **kwargs):
+        phone = Sipp(tmp_path / f"sipp{len(started)}", scenario, kamailio, user=user, **kwargs)
+        started.append(phone)
+        phone.start()
+        return phone
+
+    yield start
+    for phone in started:
+        phone.stop()
+        print(phone.explain())

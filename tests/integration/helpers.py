@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 from twisted.internet import defer, reactor, task
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET, blocking (call it from a thread); status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
 
 
 def sleep(seconds: float) -> defer.Deferred:

@@ -9,7 +9,6 @@ from twisted.internet import defer
 from tests.integration.gateway import start_gateway
 from tests.integration.helpers import exit_code, no_leaks, sleep, wait_until
 from tests.peers import require_binary
-from tests.peers.sipp import Sipp
 from tests.peers.wsclient import RpcError, WsClient
 
 pytestmark = pytest.mark.integration
@@ -23,23 +22,6 @@ def gateway(kamailio):
     )
     yield gw
     gw.stop()
-
-
-@pytest.fixture
-def far(kamailio, tmp_path):
-    """Start sipp phones; all are stopped at the end."""
-    started = []
-
-    def start(scenario, user="1500", **kwargs):
-        phone = Sipp(tmp_path / f"sipp{len(started)}", scenario, kamailio, user=user, **kwargs)
-        started.append(phone)
-        phone.start()
-        return phone
-
-    yield start
-    for phone in started:
-        phone.stop()
-        print(phone.explain())
 
 
 @defer.inlineCallbacks

@@ -42,14 +42,17 @@ def gateway(kamailio):
     gw.stop()
 
 
+def ffmpeg(args: list[str], log) -> subprocess.Popen:
+    """An ffmpeg process (quiet, no stdin), its output to ``log``."""
+    return subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+    )
+
+
 def publisher(url: str, log) -> subprocess.Popen:
     total = TONE_START_S + TONE_SECONDS
-    return subprocess.Popen(
+    return ffmpeg(
         [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
             "-re",
             "-f",
             "lavfi",
@@ -69,20 +72,14 @@ def publisher(url: str, log) -> subprocess.Popen:
             "flv",
             url,
         ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
+        log,
     )
 
 
 def player(url: str, out, seconds: float, log) -> subprocess.Popen:
     """live-player: records what it receives as it is (FLV), decoded to a WAV afterwards."""
-    return subprocess.Popen(
+    return ffmpeg(
         [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
             "-i",
             url,
             "-t",
@@ -92,9 +89,7 @@ def player(url: str, out, seconds: float, log) -> subprocess.Popen:
             "-y",
             str(out),
         ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
+        log,
     )
 
 
@@ -293,12 +288,8 @@ def test_publisher_reconnect_resumes_the_uplink(gateway, echo_phone, tmp_path):
     result = yield answered_call(gateway, client)
     log = open(tmp_path / "ffmpeg.log", "wb")
     for _ in range(2):  # the pusher drops (network change) and comes back on the same URL
-        pub = subprocess.Popen(
+        pub = ffmpeg(
             [
-                "ffmpeg",
-                "-nostdin",
-                "-loglevel",
-                "error",
                 "-re",
                 "-f",
                 "lavfi",
@@ -310,9 +301,7 @@ def test_publisher_reconnect_resumes_the_uplink(gateway, echo_phone, tmp_path):
                 "flv",
                 result["push_url"],
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            log,
         )
         yield wait_until(lambda p=pub: p.poll() is not None, timeout=20, what="publisher")
         assert pub.returncode == 0, (tmp_path / "ffmpeg.log").read_text()
@@ -332,12 +321,8 @@ def test_h264_video_passes_through_both_ways(gateway, echo_phone, tmp_path):
     assert call.media.negotiated.video is not None and call.media.negotiated.video.codec == "H264"
     log = open(tmp_path / "ffmpeg.log", "wb")
     heard = tmp_path / "seen.flv"
-    play = subprocess.Popen(
+    play = ffmpeg(
         [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
             "-i",
             result["play_url"],
             "-t",
@@ -347,16 +332,10 @@ def test_h264_video_passes_through_both_ways(gateway, echo_phone, tmp_path):
             "-y",
             str(heard),
         ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
+        log,
     )
-    pub = subprocess.Popen(
+    pub = ffmpeg(
         [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
             "-re",
             "-f",
             "lavfi",
@@ -382,9 +361,7 @@ def test_h264_video_passes_through_both_ways(gateway, echo_phone, tmp_path):
             "flv",
             result["push_url"],
         ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
+        log,
     )
     yield wait_until(lambda: pub.poll() is not None and play.poll() is not None, timeout=40, what="ffmpeg")
     assert pub.returncode == 0 and play.returncode == 0, (tmp_path / "ffmpeg.log").read_text()

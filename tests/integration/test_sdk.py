@@ -26,7 +26,6 @@ from b2bua.config import Config
 from tests.integration.gateway import start_gateway
 from tests.integration.helpers import exit_code, no_leaks, wait_until
 from tests.peers import require_binary
-from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.integration
 
@@ -72,23 +71,6 @@ def gateway(kamailio):
     gw = start_gateway(kamailio.host, kamailio.port, **overrides)
     yield gw
     gw.stop()
-
-
-@pytest.fixture
-def far(kamailio, tmp_path):
-    """Start sipp phones; all are stopped at the end."""
-    started = []
-
-    def start(scenario, user=FAR_USER, **kwargs):
-        phone = Sipp(tmp_path / f"sipp{len(started)}", scenario, kamailio, user=user, **kwargs)
-        started.append(phone)
-        phone.start()
-        return phone
-
-    yield start
-    for phone in started:
-        phone.stop()
-        print(phone.explain())
 
 
 class _NodeProcess(protocol.ProcessProtocol):

@@ -7,30 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import http_get, wait_until
 from tests.peers.ports import free_port
 from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Zebra-7pw-Q"  # distinctive, to search the log for it
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
 
 
 @pytest_twisted.inlineCallbacks

@@ -11,8 +11,6 @@ import json
 import secrets
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import pytest_twisted
@@ -24,62 +22,14 @@ from twisted.internet import defer, ssl, threads
 from twisted.logger import formatEvent, globalLogPublisher
 
 from b2bua.auth.tokens import issue_token
-from tests.integration.helpers import sleep
+from tests.integration.helpers import http_get, sleep
+from tests.peers.freeswitch_directory import write_directory
 from tests.peers.ports import free_port
 from tests.peers.wsclient import RpcError, WsClient
 
 pytestmark = pytest.mark.integration
 
 USERS_YAML = 'ranges:\n  - {from: 1000, to: 1019, password: "1234"}\n'
-
-# like FreeSWITCH's stock conf/directory/default/1000.xml … 1019.xml
-FREESWITCH_USER_XML = """<include>
-  <user id="{user}">
-    <params>
-      <param name="password" value="$${{default_password}}"/>
-      <param name="vm-password" value="{user}"/>
-    </params>
-    <variables>
-      <variable name="toll_allow" value="domestic,international,local"/>
-      <variable name="accountcode" value="{user}"/>
-      <variable name="user_context" value="default"/>
-      <variable name="effective_caller_id_name" value="Extension {user}"/>
-      <variable name="effective_caller_id_number" value="{user}"/>
-      <variable name="outbound_caller_id_name" value="$${{outbound_caller_name}}"/>
-      <variable name="outbound_caller_id_number" value="$${{outbound_caller_id}}"/>
-      <variable name="callgroup" value="techsupport"/>
-    </variables>
-  </user>
-</include>
-"""
-
-# a trimmed stock conf/directory/default.xml: domain params and pointer users, no passwords
-FREESWITCH_DEFAULT_XML = """<include>
-  <domain name="$${domain}">
-    <params>
-      <param name="dial-string" value="${sofia_contact(*/${dialed_user}@${dialed_domain})}"/>
-      <param name="jsonrpc-allowed-methods" value="verto"/>
-    </params>
-    <variables>
-      <variable name="record_stereo" value="true"/>
-    </variables>
-    <groups>
-      <group name="default">
-        <users>
-          <X-PRE-PROCESS cmd="include" data="default/*.xml"/>
-        </users>
-      </group>
-      <group name="sales">
-        <users>
-          <user id="1000" type="pointer"/>
-          <user id="1001" type="pointer"/>
-        </users>
-      </group>
-    </groups>
-  </domain>
-</include>
-"""
-
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
@@ -112,16 +62,6 @@ def self_signed(tmp_path) -> tuple[str, str, bytes]:
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     cert_path.write_bytes(cert_pem)
     return str(key_path), str(cert_path), cert_pem
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
 
 
 @defer.inlineCallbacks
@@ -312,10 +252,7 @@ def test_token_login_from_yaml_users(kamailio, gateway_factory, tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_token_login_from_freeswitch_directory(kamailio, gateway_factory, tmp_path):
     secret = secrets.token_hex(16)
-    directory = tmp_path / "directory"
-    (directory / "default").mkdir(parents=True)
-    (directory / "default.xml").write_text(FREESWITCH_DEFAULT_XML)
-    (directory / "default" / "1006.xml").write_text(FREESWITCH_USER_XML.format(user="1006"))
+    directory = write_directory(tmp_path / "directory", ["1006"])
     gw = gateway_factory(
         kamailio.host,
         kamailio.port,
