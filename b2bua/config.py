@@ -56,7 +56,9 @@ class SipConfig:
     registrar_uri: str | None = None  # Request-URI of REGISTER; sip:<pbx> when unset
     pbx_addresses: list[str] = field(default_factory=list)  # more source addresses allowed to send requests
     register_expires: int = 600
-    options_keepalive: float = 30.0  # seconds between OPTIONS to the PBX; 0 = off
+    options_keepalive: float = 2.0  # seconds between OPTIONS to the PBX; 0 = off (no fail-over detection)
+    pbx_down_after: float = 10.0  # the PBX is unreachable once silent this long (>= 2 keepalives)
+    reregister_window: float = 10.0  # when it answers again, every user re-REGISTERs within this
     public_host: str | None = None  # Via/Contact host when the node is seen under another address
     user_agent: str = "mpb2bua"
     t1: float = 0.5

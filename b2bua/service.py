@@ -121,6 +121,7 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
     streams = StreamRegistry(reactor)
     clock = MediaClock(reactor)
     calls = CallManager(reactor, stack, controller, config, metrics, streams=streams, clock=clock)
+    stack.pbx_listeners.append(controller.pbx_state_changed)
 
     top = service.MultiService()
     SipStackService(stack, controller).setServiceParent(top)

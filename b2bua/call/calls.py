@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from b2bua.call.ringing import RingGroup
 from b2bua.call.session import ACTIVE, DETACHED, Session
 from b2bua.media.bridge import AudioBridge
 from b2bua.media.leg import MediaLeg, MediaNegotiationError
@@ -70,6 +71,7 @@ class Call:
         self.no_answer = False  # set when outbound_timeout cancels the call
         self._bad_sdp: str | None = None  # why we hung up on an unusable SDP answer
         self.players = None  # the play key's PlayerGroup
+        self.ring_group: RingGroup | None = None  # inbound, until answered: the user's other sessions
         self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
         self.video_header: bytes | None = None
         self._timer = None
@@ -371,8 +373,10 @@ class CallManager:
 
     def session_ended(self, session: Session) -> None:
         for call in self._session_calls(session):
-            if call.invite is not None:
-                call.invite.hangup()
+            if call.state == "incoming" and call.ring_group is not None:
+                self._reject(call, 480)
+            else:
+                self._hang_up(call)
             if call.state != "ended":  # a CANCEL/BYE may still be under way: free the media now
                 self.forget(call)
 
@@ -442,70 +446,87 @@ class CallManager:
 
     # -- inbound ----------------------------------------------------------------------------------------
     def incoming_invite(self, reg: Registration, request: Request, txn: ServerTransaction) -> None:
-        session = reg.listener
-        if not isinstance(session, Session) or session.state not in (ACTIVE, DETACHED):
+        """An INVITE to a user's Contact rings every session of that user (see b2bua.call.ringing)."""
+        binding = reg.listener
+        sessions = [s for s in getattr(binding, "sessions", ()) if s.state in (ACTIVE, DETACHED)]
+        if not sessions:
             txn.respond(make_response(request, 480, to_tag=secrets.token_hex(6)))
             return
-        if len(self._session_calls(session)) >= self.config.calls.max_per_session:
+        max_calls = self.config.calls.max_per_session
+        sessions = [s for s in sessions if len(self._session_calls(s)) < max_calls]
+        if not sessions:
             txn.respond(make_response(request, 486, to_tag=secrets.token_hex(6)))
             return
         offer = _sdp_body(request)
         video = offer is not None and b"m=video" in offer and b"m=video 0 " not in offer
+        group = RingGroup()
+        legs: list[tuple[Session, MediaLeg, bytes]] = []
         try:
-            media = self._new_media(video)
-        except NoPortsAvailable:
+            for session in sessions:
+                try:
+                    media = self._new_media(video)
+                except NoPortsAvailable:
+                    break  # ring those that got media
+                legs.append((session, media, b""))
+                if offer is not None:
+                    answer, _ = media.answer_offer(offer)
+                else:
+                    answer = media.make_offer()  # offer in our 2xx, answer in the ACK
+                legs[-1] = (session, media, answer)
+        except MediaNegotiationError as e:
+            log.warn("incoming INVITE from {src} refused: {e}", src=request.headers.get("From"), e=e)
+            for _, media, _ in legs:
+                media.close()
+            txn.respond(
+                make_response(
+                    request, 488, f"Not Acceptable Here ({_ascii(str(e))})", to_tag=secrets.token_hex(6)
+                )
+            )
+            return
+        if not legs:
             txn.respond(
                 make_response(
                     request, 503, "Service Unavailable (no media ports)", to_tag=secrets.token_hex(6)
                 )
             )
             return
-        call = Call(self, session, "inbound", media, video)
-        answer = None
-        if offer is not None:
-            try:
-                answer, _ = media.answer_offer(offer)
-            except MediaNegotiationError as e:
-                log.warn("incoming INVITE from {src} refused: {e}", src=request.headers.get("From"), e=e)
-                media.close()
-                txn.respond(
-                    make_response(
-                        request, 488, f"Not Acceptable Here ({_ascii(str(e))})", to_tag=secrets.token_hex(6)
-                    )
-                )
-                return
-        else:
-            answer = media.make_offer()  # offer in our 2xx, answer in the ACK
         try:
-            call.invite = InviteSession.incoming(self.stack, reg, request, txn, call)
+            group.invite = InviteSession.incoming(self.stack, reg, request, txn, group)
         except DialogError as e:
-            media.close()
+            for _, media, _ in legs:
+                media.close()
             txn.respond(
                 make_response(request, 400, f"Bad Request ({_ascii(str(e))})", to_tag=secrets.token_hex(6))
             )
             return
-        call.answer_sdp = answer
-        call.state = "incoming"
-        self.calls[call.id] = call
-        self._register_streams(call)
-        self.m_started.labels("inbound").inc()
         caller = _name_addr(request.headers.get("From"))
-        callee = _name_addr(request.headers.get("To"))
-        call.event(
-            "incoming",
-            **{
-                "from": caller.uri.user if caller else None,
-                "from_uri": str(caller.uri) if caller else None,
-                "display": caller.display if caller else None,
-                "to": callee.uri.user if callee else None,
-                "video": video,
-                "headers": {n: v for n, v in request.headers if n.lower().startswith("x-")} or None,
-                "push_url": media.push_url,
-                "play_url": media.play_url,
-            },
-        )
-        call.invite.ring()
-        call.start_timer(self.config.calls.ring_timeout, lambda: self._ring_timeout(call))
+        headers = {n: v for n, v in request.headers if n.lower().startswith("x-")} or None
+        for session, media, answer in legs:
+            call = Call(self, session, "inbound", media, video)
+            call.invite = group.invite
+            call.answer_sdp = answer
+            call.state = "incoming"
+            group.add(call)
+            self.calls[call.id] = call
+            self._register_streams(call)
+            self.m_started.labels("inbound").inc()
+            call.event(
+                "incoming",
+                **{
+                    "from": caller.uri.user if caller else None,
+                    "from_uri": str(caller.uri) if caller else None,
+                    "display": caller.display if caller else None,
+                    # the user the INVITE reached (its To names our Contact, as FreeSWITCH's
+                    # user/1000 does, or whatever the caller dialled)
+                    "to": session.user,
+                    "video": video,
+                    "headers": headers,
+                    "push_url": media.push_url,
+                    "play_url": media.play_url,
+                },
+            )
+            call.start_timer(self.config.calls.ring_timeout, lambda call=call: self._ring_timeout(call))
+        group.invite.ring()
 
     def _outbound_timeout(self, call: Call) -> None:
         if call.invite is not None and call.invite.state in ("calling", "early"):
@@ -517,8 +538,9 @@ class CallManager:
             call.invite.reject(480)
 
     def incoming_message(self, reg: Registration, request: Request) -> int:
-        session = reg.listener
-        if not isinstance(session, Session) or session.state not in (ACTIVE, DETACHED):
+        """A MESSAGE to a user's Contact goes to every session of that user."""
+        sessions = [s for s in getattr(reg.listener, "sessions", ()) if s.state in (ACTIVE, DETACHED)]
+        if not sessions:
             return 480
         if len(request.body) > MAX_BODY:
             return 413
@@ -531,15 +553,14 @@ class CallManager:
                 body = json.loads(text)
             except ValueError:
                 pass
-        session.send_event(
-            "message",
-            {
-                "from": sender.uri.user if sender else None,
-                "from_uri": str(sender.uri) if sender else None,
-                "content_type": content_type,
-                "body": body,
-            },
-        )
+        params = {
+            "from": sender.uri.user if sender else None,
+            "from_uri": str(sender.uri) if sender else None,
+            "content_type": content_type,
+            "body": body,
+        }
+        for session in sessions:
+            session.send_event("message", params)
         return 200
 
     # -- call control -----------------------------------------------------------------------------------
@@ -548,6 +569,9 @@ class CallManager:
         if call.direction != "inbound" or call.invite is None or call.invite.state != "incoming":
             raise RpcError("bad_state", detail=f"call is {call.state}")
         call._cancel_timer()
+        if call.ring_group is not None:
+            call.ring_group.answered_by(call)  # the user's other sessions stop ringing
+            call.ring_group = None
         call.invite.answer(call.answer_sdp)
         call.state = "answering"
         call.start_media()
@@ -560,14 +584,28 @@ class CallManager:
             raise RpcError.invalid_params("status: a SIP status from 400 to 699")
         if call.direction != "inbound" or call.invite is None or call.invite.state != "incoming":
             raise RpcError("bad_state", detail=f"call is {call.state}")
-        call.invite.reject(status)
+        self._reject(call, status)
         return {}
+
+    def _reject(self, call: Call, status: int) -> None:
+        """Refuse a ringing inbound call for this session; the INVITE itself only when no other
+        session of the user still rings (or with a 6xx)."""
+        group = call.ring_group
+        if group is None or group.drop(call, status):
+            call.invite.reject(status)
 
     def hangup(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
         call = self._get_call(client, params, frozenset({"call"}))
-        if call.invite is not None:
-            call.invite.hangup()
+        self._hang_up(call)
         return {}
+
+    def _hang_up(self, call: Call) -> None:
+        if call.invite is None:
+            return
+        if call.invite.state == "incoming" and call.direction == "inbound":
+            self._reject(call, 486)
+        else:
+            call.invite.hangup()
 
     def _active(self, client: Client, params: dict[str, Any], allowed: frozenset[str]) -> Call:
         call = self._get_call(client, params, allowed)

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from b2bua.call.bindings import Binding, BindingTable
 from b2bua.call.interfaces import Channel, SipStack, TokenVerifier, UserSource
 from b2bua.call.registry import SessionRegistry
 from b2bua.call.session import ACTIVE, CLOSED, CLOSING, DETACHED, LOGGING_IN, Session
@@ -70,6 +71,7 @@ _FAILURE_REASONS = {
     "timeout": "timeout",
     "pbx_unreachable": "pbx_unreachable",
     "pbx_error": "pbx_error",
+    "not_bound": "not_bound",
 }
 
 _LOGIN_PARAMS = frozenset({"user", "password", "ha1", "token"})
@@ -127,6 +129,7 @@ class Controller:
         self._user_source = user_source
         self._token_verifier = token_verifier
         self.sessions = SessionRegistry(ws_config.max_sessions)
+        self.bindings = BindingTable()
         self.clients: set[Client] = set()
         self._stopping: set[Deferred[Any]] = set()
         self._shutting_down = False
@@ -255,7 +258,6 @@ class Controller:
             raise RpcError("too_many_sessions")
 
         session = Session(user, self, self._reactor)
-        session.registration = self._stack.create_registration(user, password, ha1, session)
         session.login_deferred = result = Deferred()
         self.sessions.add(session)
         session.attach(client)
@@ -264,15 +266,66 @@ class Controller:
         )
         self.log.info("login: user {user} from {peer}, session {tag}", user=user, peer=client.peer_host,
                       tag=session.tag)
-        try:
-            session.registration.start()
-        except Exception:
-            self.log.failure("registration.start() failed for user {user}", user=user)
-            self._fail_login(session, RpcError("internal_error"))
+        binding = self.bindings.get(user)
+        if binding is None:
+            self._new_binding(session, password, ha1)
+        elif binding.same_credentials(password, ha1):
+            self._join(binding, session)
+        else:
+            # Other credentials than the binding's (a changed password, or a guess): proven at the
+            # registrar first, so nobody joins a user's registration on a guess.
+            d = self._stack.check_credentials(user, password, ha1)
+            d.addCallback(self._credentials_checked, session, password, ha1)
+            d.addErrback(self._credentials_check_failed, session)
         return result
 
+    def _new_binding(self, session: Session, password: str | None, ha1: str | None) -> None:
+        binding = Binding(session.user, password, ha1)
+        binding.registration = self._stack.create_registration(session.user, password, ha1, binding)
+        self.bindings.add(binding)
+        binding.join(session)
+        try:
+            binding.registration.start()
+        except Exception:
+            self.log.failure("registration.start() failed for user {user}", user=session.user)
+            self._fail_login(session, RpcError("internal_error"))
+
+    def _join(self, binding: Binding, session: Session) -> None:
+        """Share the user's live registration; the login is answered by its next outcome, or at
+        once (after this request's turn) when it is registered already."""
+        binding.join(session)
+        self.log.info("session {tag} shares the registration of user {user} ({n} sessions)",
+                      tag=session.tag, user=session.user, n=len(binding))
+        if binding.is_registered and binding.expires is not None:
+            self._reactor.callLater(0, self._joined_registered, session, binding)
+
+    def _joined_registered(self, session: Session, binding: Binding) -> None:
+        if session.state == LOGGING_IN and session.binding is binding and binding.is_registered:
+            self.session_registered(session, binding.expires or 0)
+
+    def _credentials_checked(
+        self, failure_reason: str | None, session: Session, password: str | None, ha1: str | None
+    ) -> None:
+        if session.state != LOGGING_IN:
+            return  # timed out or abandoned meanwhile
+        if failure_reason is not None:
+            self._fail_login(session, RpcError(_public_reason(failure_reason)))
+            return
+        binding = self.bindings.get(session.user)
+        if binding is None:  # the user's other sessions left meanwhile
+            self._new_binding(session, password, ha1)
+            return
+        binding.adopt_credentials(password, ha1)
+        self._join(binding, session)
+
+    def _credentials_check_failed(self, failure: Failure, session: Session) -> None:
+        self.log.failure("credentials check failed for user {user}", failure, user=session.user)
+        if session.state == LOGGING_IN:
+            self._fail_login(session, RpcError("internal_error"))
+
     def logout(self, client: Client, params: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        """``logout {}`` -> ``{}`` after the un-REGISTER completed (or timed out)."""
+        """``logout {}`` -> ``{}``; when this was the user's last session on the node, after the
+        un-REGISTER completed (or timed out)."""
         session = client.session
         if session is None:  # pragma: no cover - the dispatcher checks
             raise RpcError("not_logged_in")
@@ -423,6 +476,13 @@ class Controller:
         session.send_event("unregistered", {"user": session.user, "reason": "pbx"})
         self.end_session(session, "unregistered")
 
+    def pbx_state_changed(self, reachable: bool) -> None:
+        """The SIP stack noticed the PBX going away or coming back: every session is told with a
+        ``pbx`` event (queued for detached ones); registrations recover by themselves."""
+        for session in self.sessions:
+            if session.state in (ACTIVE, DETACHED):
+                session.send_event("pbx", {"reachable": reachable})
+
     # --- ending sessions -------------------------------------------------------------------------
     def _grace_expired(self, session: Session) -> None:
         if session.state == DETACHED:
@@ -444,10 +504,14 @@ class Controller:
         session.cancel_login_timer()
         session.detach()
         self.sessions.remove(session)
+        binding = session.binding
         registration = session.registration
-        # A dead registration (failed) is still stop()ped: the stack may need to forget it; stop()
-        # sends nothing then and fires at once.
-        if registration is None or registration.state == "unregistered":
+        last = binding.leave(session) if binding is not None else True
+        if binding is not None and last:
+            self.bindings.remove(binding)
+        # Others still share the registration: it stays. A dead one (failed) is still stop()ped:
+        # the stack may need to forget it; stop() sends nothing then and fires at once.
+        if not last or registration is None or registration.state == "unregistered":
             session.state = CLOSED
             session.stop_deferred = succeed(None)
             return _chain(session.stop_deferred)
@@ -496,6 +560,7 @@ class Controller:
             "sessions": self.sessions.count,
             "max_sessions": self.sessions.max_sessions,
             "sessions_by_state": by_state,
+            "registrations": len(self.bindings),
             "unregistering": len(self._stopping),
         }
 

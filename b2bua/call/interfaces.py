@@ -62,7 +62,11 @@ class Registration(Protocol):
         """Send the first REGISTER; then keep it refreshed and retry with backoff by itself."""
 
     def stop(self) -> Deferred[Any]:
-        """Un-REGISTER (Expires: 0). Fires (never errbacks) when done or timed out."""
+        """Un-REGISTER (Expires: 0) if the registrar still lists our Contact. Fires (never
+        errbacks) when done or timed out."""
+
+    def set_credentials(self, password: str | None, ha1: str | None) -> None:
+        """Register with these credentials from the next REGISTER on."""
 
 
 class SipStack(Protocol):
@@ -70,6 +74,11 @@ class SipStack(Protocol):
         self, user: str, password: str | None, ha1: str | None, listener: RegistrationListener
     ) -> Registration:
         """A new, not yet started registration for ``user`` with exactly one of password/ha1."""
+
+    def check_credentials(self, user: str, password: str | None, ha1: str | None) -> Deferred[str | None]:
+        """Prove credentials at the registrar without touching its bindings (a REGISTER without
+        Contact): fires with None when accepted, else with the failure reason (``auth_failed``,
+        ``pbx_unreachable``, ``pbx_error``…)."""
 
 
 class Credentials(Protocol):

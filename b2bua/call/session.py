@@ -2,10 +2,11 @@
 client it is attached to (None while detached), and the grace timer that ends it when the client
 does not come back.
 
-The session is the registration's listener; it forwards what happens to its owner (the
-controller), which decides. Events for the client go through :meth:`Session.send_event`: sent at
-once while attached, queued (bounded) while detached and flushed by :meth:`Session.flush_events`
-after a ``resume``.
+The user's registration is shared by all of that user's sessions on the node
+(:mod:`b2bua.call.bindings`); the binding hands each registration event to the session, which
+forwards it to its owner (the controller), which decides. Events for the client go through
+:meth:`Session.send_event`: sent at once while attached, queued (bounded) while detached and
+flushed by :meth:`Session.flush_events` after a ``resume``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from b2bua.call.interfaces import Channel, Registration
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+
+    from b2bua.call.bindings import Binding
 
 __all__ = ["Session", "SessionOwner", "Attachment", "new_session_id", "session_tag"]
 
@@ -73,6 +76,7 @@ class Session:
         "state",
         "client",
         "registration",
+        "binding",
         "is_registered",
         "expires",
         "created",
@@ -97,7 +101,8 @@ class Session:
         self.user = user
         self.state: str = LOGGING_IN
         self.client: Attachment | None = None
-        self.registration: Registration | None = None
+        self.registration: Registration | None = None  # the binding's, shared with the user's other sessions
+        self.binding: Binding | None = None
         self.is_registered = False
         self.expires: int | None = None
         self.created: float = reactor.seconds()

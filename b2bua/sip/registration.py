@@ -5,6 +5,12 @@ the granted expiry (jittered, so thousands of users do not refresh together),
 honours 423 Min-Expires, retries with backoff after timeouts and 5xx, and
 un-registers on stop. Time comes from the stack's reactor, so tests drive it with
 ``task.Clock``.
+
+A stock FreeSWITCH keeps one binding per user and drops it on any ``Expires: 0``
+whichever Contact it names. So a 2xx counts only when it lists our Contact, and
+:meth:`Registration.stop` first asks the registrar for the user's bindings (a
+REGISTER without Contact, RFC 3261 §10.2.3) and un-registers only when ours is
+still among them: another node or device that took the binding keeps it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ MAX_EXPIRES = 86400
 
 
 class RegistrationListener(Protocol):
-    def registered(self, expires: int) -> None: ...
+    def registered(self, expires: int) -> None: ...  # first 2xx, and whenever the expiry changes
     def registration_failed(self, reason: str, sip_status: int | None, retrying: bool) -> None: ...
     def unregistered(self) -> None: ...
 
@@ -76,6 +82,7 @@ class Registration:
         self._failures = 0
         self._stopped: Deferred | None = None
         self._stop_guard = None
+        self._querying = False  # stop(): the bindings query is in flight, not yet the un-REGISTER
 
     # -- public ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,18 +102,35 @@ class Registration:
         if self._txn is not None:
             self._txn.terminate()
             self._txn = None
-        # un-REGISTER only if a binding may exist: granted once, or a REGISTER is in flight
+        # un-REGISTER only if a binding may exist: granted once, or a REGISTER is in flight;
+        # and only once the registrar confirms the binding is still ours
         if was == "registered" or (was == "registering" and (in_flight or self.granted)):
             self.state = "unregistering"
             self._auth_fresh = False
+            self._querying = True
             self._stop_guard = self.stack.reactor.callLater(STOP_TIMEOUT, self._finish_stop)
-            self._send(expires=0)
+            self._send(query=True)
         else:
             self._finish_stop()
         return self._stopped
 
+    def set_credentials(self, password: str | None, ha1: str | None) -> None:
+        """Answer challenges with these credentials from the next REGISTER on."""
+        self.digest = DigestClient(self.user, password=password, ha1=ha1)
+
+    def refresh_soon(self, delay: float) -> None:
+        """Send the next REGISTER after ``delay`` seconds instead of when it was due: the PBX came
+        back and may have lost its bindings. Nothing happens to a registration that is stopping,
+        failed for good or has a REGISTER in flight."""
+        if self.state not in ("registered", "registering") or self._txn is not None:
+            return
+        self._failures = 0
+        self._schedule(max(0.0, delay), self._refresh)
+
     # -- sending -----------------------------------------------------------------------------------------
-    def _send(self, expires: int | None = None) -> None:
+    def _send(self, expires: int | None = None, query: bool = False) -> None:
+        """A REGISTER: refresh (default), un-REGISTER (``expires=0``) or bindings query
+        (``query``: no Contact, no Expires)."""
         stack = self.stack
         self.cseq += 1
         if expires is None:
@@ -120,8 +144,9 @@ class Registration:
             call_id=self.call_id,
             cseq=self.cseq,
         )
-        request.headers.add("Contact", f"<{stack.contact_uri(self.contact_user)}>")
-        request.headers.add("Expires", expires)
+        if not query:
+            request.headers.add("Contact", f"<{stack.contact_uri(self.contact_user)}>")
+            request.headers.add("Expires", expires)
         if self._challenge is not None:
             try:
                 value = self.digest.authorization(self._challenge, "REGISTER", stack.registrar_uri)
@@ -140,7 +165,7 @@ class Registration:
             self._on_challenge(response)
             return
         if self.state == "unregistering":
-            self._finish_stop()
+            self._on_stop_response(response)
             return
         if self.state not in ("registering", "registered"):
             return
@@ -154,7 +179,7 @@ class Registration:
             self._fail("not_found", status, retrying=False)
         elif response.local:
             self._fail("pbx_unreachable", None, retrying=True, detail=response.reason)
-        elif status in (408, 480) or status >= 500 and status < 600:
+        elif status in (408, 480) or 500 <= status < 600:
             self._fail("pbx_error", status, retrying=True, retry_after=_retry_after(response))
         else:
             self._fail("pbx_error", status, retrying=False)
@@ -173,7 +198,31 @@ class Registration:
         self._challenge = challenge
         self._proxy = response.status == 407
         self._auth_fresh = True
-        self._send(expires=0 if self.state == "unregistering" else None)
+        if self.state == "unregistering":
+            self._send(expires=0, query=self._querying)
+        else:
+            self._send()
+
+    def _on_stop_response(self, response: Response) -> None:
+        if not self._querying:
+            self._finish_stop()  # the answer to our Expires: 0
+            return
+        self._querying = False
+        ours = 200 <= response.status < 300 and _granted_expires(
+            response, self.stack.contact_uri(self.contact_user)
+        ) is not None
+        if not ours:
+            # Another device or node holds the user's binding now (or the registrar would not
+            # say): an Expires: 0 would delete theirs on a single-binding registrar.
+            log.info(
+                "un-REGISTER of {user} skipped: the registrar does not list our Contact ({status})",
+                user=self.user,
+                status=response.status,
+            )
+            self._finish_stop()
+            return
+        self._auth_fresh = False
+        self._send(expires=0)
 
     def _after_auth_error(self, reason: str, status: int, detail: str) -> None:
         if self.state == "unregistering":
@@ -183,7 +232,13 @@ class Registration:
 
     def _on_registered(self, response: Response) -> None:
         granted = _granted_expires(response, self.stack.contact_uri(self.contact_user), self.expires)
+        if granted is None:
+            # a 2xx that does not list our Contact: the registrar did not bind us (RFC 3261
+            # §10.2.4 says it lists every current binding); reported, never taken as registered
+            self._fail("not_bound", response.status, retrying=True, detail="our Contact is not listed")
+            return
         first = self.state != "registered"
+        changed = granted != self.granted
         self.state = "registered"
         self.granted = granted
         self._failures = 0
@@ -195,7 +250,7 @@ class Registration:
         low, high = (0.2, 0.6) if first else (0.45, 0.55)
         delay = max(MIN_REFRESH, granted * self._rng.uniform(low, high))
         self._schedule(delay, self._refresh)
-        if first:
+        if first or changed:
             self.listener.registered(granted)
 
     def _refresh(self) -> None:
@@ -229,6 +284,7 @@ class Registration:
             retry=" (retrying)" if retrying else "",
         )
         self._auth_fresh = False
+        self.granted = 0
         if retrying:
             self._failures += 1
             delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(self._failures - 1, 10))
@@ -268,21 +324,25 @@ class Registration:
                 d.callback(None)
 
 
-def _granted_expires(response: Response, contact, requested: int) -> int:
-    """The expiry the registrar granted our Contact (RFC 3261 §10.2.4)."""
+def _granted_expires(response: Response, contact, requested: int = 0) -> int | None:
+    """The expiry the registrar granted our Contact (RFC 3261 §10.2.4); None when the 2xx does
+    not list our Contact."""
     for value in response.headers.get_all("Contact"):
         try:
             addr = NameAddr.parse(value)
         except UriError:
             continue
-        if addr.uri.user == contact.user and addr.uri.host == contact.host and addr.uri.port == contact.port:
-            text = (addr.params.get("expires") or "").strip()
-            if text.isdigit():
-                return min(int(text), MAX_EXPIRES)
-    text = (response.headers.get("Expires") or "").strip()
-    if text.isdigit():
-        return min(int(text), MAX_EXPIRES)
-    return requested
+        uri = addr.uri
+        if uri.user != contact.user or uri.host.lower() != contact.host.lower():
+            continue
+        if (uri.port or 5060) != (contact.port or 5060):
+            continue
+        text = (addr.params.get("expires") or "").strip()
+        if text.isdigit():
+            return min(int(text), MAX_EXPIRES)
+        text = (response.headers.get("Expires") or "").strip()
+        return min(int(text), MAX_EXPIRES) if text.isdigit() else requested
+    return None
 
 
 def _retry_after(response: Response) -> float | None:

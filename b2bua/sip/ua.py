@@ -8,6 +8,7 @@ PBX's, and counts every SIP message for ``/metrics``.
 
 from __future__ import annotations
 
+import random
 import secrets
 import socket
 from collections.abc import Callable
@@ -57,7 +58,10 @@ class SipStack:
             None  # the call layer: incoming_invite(reg, request, txn), incoming_message(reg, request)
         )
         self.pbx_reachable: bool | None = None
+        self.pbx_listeners: list[Callable[[bool], None]] = []  # called on every reachability change
+        self._last_heard: float | None = None  # when the PBX last sent us anything
         self._keepalive: task.LoopingCall | None = None
+        self._ping_txn: ClientTransaction | None = None
         self._init_metrics(metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -162,6 +166,8 @@ class SipStack:
 
     # -- receiving ---------------------------------------------------------------------------------------
     def _message_received(self, message: Request | Response, source: Target) -> None:
+        if source.host in self.allowed_sources:
+            self._heard_from_pbx()
         if isinstance(message, Request):
             self._m_req.labels("in", message.method).inc()
             if source.host not in self.allowed_sources:
@@ -268,6 +274,39 @@ class SipStack:
     ) -> Deferred:
         """A request outside any dialog as the user of ``reg`` (e.g. MESSAGE); fires with the final
         response, after answering one digest challenge."""
+        headers = [("Content-Type", content_type)] if content_type else []
+        return self._send_authenticated(reg.digest, reg.user, method, to_uri, to_uri, headers, body)
+
+    def check_credentials(self, user: str, password: str | None, ha1: str | None) -> Deferred:
+        """Prove ``user``'s credentials with a REGISTER that carries no Contact: a bindings query
+        (RFC 3261 §10.2.3), which changes nothing at the registrar. Fires with None when they
+        are accepted, else with the reason (``auth_failed``, ``pbx_unreachable``, ``pbx_error``)."""
+        aor = self.aor(user)
+        d = self._send_authenticated(
+            DigestClient(user, password=password, ha1=ha1), user, "REGISTER", self.registrar_uri, aor, [], b""
+        )
+
+        def outcome(response: Response) -> str | None:
+            if 200 <= response.status < 300:
+                return None
+            if response.status in (401, 403, 407):
+                return "auth_failed"
+            return "pbx_unreachable" if response.local else "pbx_error"
+
+        return d.addCallback(outcome)
+
+    def _send_authenticated(
+        self,
+        digest: DigestClient,
+        user: str,
+        method: str,
+        request_uri: str,
+        to_uri: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Deferred:
+        """Send ``method`` as ``user``; answer one digest challenge; fire with the final response
+        (a second challenge is that final response)."""
         d: Deferred = Deferred()
         call_id = f"{secrets.token_hex(12)}@mpb2bua"
         from_tag = secrets.token_hex(6)
@@ -276,8 +315,8 @@ class SipStack:
         def send(auth: tuple[str, str] | None) -> None:
             request = self.new_request(
                 method,
-                to_uri,
-                from_uri=self.aor(reg.user),
+                request_uri,
+                from_uri=self.aor(user),
                 from_tag=from_tag,
                 to_uri=to_uri,
                 call_id=call_id,
@@ -285,8 +324,8 @@ class SipStack:
             )
             if auth is not None:
                 request.headers.add(*auth)
-            if content_type:
-                request.headers.add("Content-Type", content_type)
+            for name, value in headers:
+                request.headers.add(name, value)
             request.body = body
             self.send_request(request, lambda r: on_response(r, auth is not None))
 
@@ -296,8 +335,8 @@ class SipStack:
             if response.status in (401, 407) and not authed:
                 name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
                 try:
-                    challenge = reg.digest.choose(response.headers.get_all(name))
-                    value = reg.digest.authorization(challenge, method, to_uri)
+                    challenge = digest.choose(response.headers.get_all(name))
+                    value = digest.authorization(challenge, method, request_uri)
                 except DigestError:
                     d.callback(response)
                     return
@@ -309,8 +348,19 @@ class SipStack:
         send(None)
         return d
 
-    # -- keepalive ---------------------------------------------------------------------------------------
+    # -- keepalive and fail-over ----------------------------------------------------------------------
+    # The PBX counts as unreachable once it has sent nothing for ``pbx_down_after`` seconds (an
+    # OPTIONS goes out every ``options_keepalive`` seconds; any SIP message from it counts). When
+    # it answers again it may be a fresh instance or a standby without our bindings, so every
+    # registration is renewed, spread over ``reregister_window`` so the PBX is not flooded.
     def _ping_pbx(self) -> None:
+        now = self.reactor.seconds()
+        if self._last_heard is None:
+            self._last_heard = now  # the first ping's own deadline
+        elif self.pbx_reachable is not False and now - self._last_heard >= self.config.pbx_down_after:
+            self._set_reachable(False)
+        if self._ping_txn is not None:
+            self._ping_txn.terminate()  # one ping in flight: its retransmissions do not pile up
         request = self.new_request(
             "OPTIONS",
             self.registrar_uri,
@@ -320,17 +370,45 @@ class SipStack:
             call_id=f"{secrets.token_hex(10)}@mpb2bua",
             cseq=1,
         )
-        self.send_request(request, self._on_ping)
+        self._ping_txn = self.send_request(request, self._on_ping)
 
     def _on_ping(self, response: Response) -> None:
         if response.status < 200:
             return
-        reachable = not response.local
-        if reachable != self.pbx_reachable:
-            log.info(
-                "PBX {pbx} is {state}", pbx=self.pbx_target, state="reachable" if reachable else "unreachable"
-            )
+        self._ping_txn = None
+        if response.local and response.status != 408 and self.pbx_reachable is not False:
+            # a transport error (TCP refused, no route) is an answer in itself
+            self._set_reachable(False)
+
+    def _heard_from_pbx(self) -> None:
+        self._last_heard = self.reactor.seconds()
+        if self.pbx_reachable is not True:
+            self._set_reachable(True)
+
+    def _set_reachable(self, reachable: bool) -> None:
+        was = self.pbx_reachable
         self.pbx_reachable = reachable
+        self._m_pbx_changes.labels("reachable" if reachable else "unreachable").inc()
+        state = "reachable" if reachable else "unreachable"
+        log.info("PBX {pbx} is {state}", pbx=self.pbx_target, state=state)
+        if reachable and was is False:
+            self.reregister_all(self.config.reregister_window)
+        for listener in list(self.pbx_listeners):
+            try:
+                listener(reachable)
+            except Exception:
+                log.failure("PBX state listener failed")
+
+    def reregister_all(self, window: float) -> int:
+        """Renew every live registration at a random moment of the next ``window`` seconds;
+        returns how many were scheduled."""
+        n = 0
+        for reg in list(self.registrations.values()):
+            if reg.state in ("registered", "registering"):
+                reg.refresh_soon(random.uniform(0.0, max(0.0, window)))
+                n += 1
+        log.info("re-registering {n} users over {window} s", n=n, window=window)
+        return n
 
     # -- metrics -----------------------------------------------------------------------------------------
     def _init_metrics(self, metrics: Registry | None) -> None:
@@ -345,6 +423,14 @@ class SipStack:
         )
         self._m_bad = reg.counter("mpb2bua_sip_bad_messages_total", "SIP messages that could not be parsed")
         self._m_refused = reg.counter("mpb2bua_sip_refused_total", "SIP requests refused: source not a PBX")
+        self._m_pbx_changes = reg.counter(
+            "mpb2bua_pbx_state_changes_total", "The PBX became reachable or unreachable", ("state",)
+        )
+        reg.gauge_fn(
+            "mpb2bua_pbx_reachable",
+            "1 when the PBX answers, 0 when it has not for sip.pbx_down_after seconds, -1 while unknown",
+            lambda: -1.0 if self.pbx_reachable is None else float(self.pbx_reachable),
+        )
         reg.gauge_fn("mpb2bua_registrations", "Registrations by state", self._registration_states, ("state",))
         reg.gauge_fn(
             "mpb2bua_sip_transactions",

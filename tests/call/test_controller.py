@@ -39,6 +39,9 @@ class FakeRegistration:
                 self.finish_stop()
         return self.stop_deferred
 
+    def set_credentials(self, password: str | None, ha1: str | None) -> None:
+        self.password, self.ha1 = password, ha1
+
     def finish_stop(self) -> None:
         self.state = "unregistered"
         self.listener.unregistered()
@@ -58,6 +61,12 @@ class FakeRegistration:
 class FakeStack:
     def __init__(self) -> None:
         self.registrations: list[FakeRegistration] = []
+        self.checks: list[tuple[str, str | None, str | None, Deferred[str | None]]] = []
+
+    def check_credentials(self, user: str, password: str | None, ha1: str | None) -> Deferred[str | None]:
+        d: Deferred[str | None] = Deferred()
+        self.checks.append((user, password, ha1, d))
+        return d
 
     def create_registration(self, user: str, password: str | None, ha1: str | None, listener: Any):
         reg = FakeRegistration(user, password, ha1, listener)
@@ -130,8 +139,13 @@ class Harness:
         return self._ids
 
     def login(self, client, channel, user="1000", password="secret", expires=600) -> str:
+        """Log in; a user's first login registers, later ones share that registration."""
+        n = len(self.stack.registrations)
         rid = self.call(client, "login", user=user, password=password)
-        self.stack.last.succeed(expires)
+        if len(self.stack.registrations) > n:
+            self.stack.last.succeed(expires)
+        else:
+            self.clock.advance(0)
         return channel.results[rid]["session"]
 
 
@@ -503,14 +517,139 @@ def test_unsolicited_unregistered_ends_session(h):
     assert h.controller.sessions.count == 0
 
 
+# --- one registration per user, shared by its sessions ---------------------------------------------
+def test_a_second_login_of_a_user_shares_the_registration(h):
+    a, ca = h.connect()
+    sid_a = h.login(a, ca)
+    reg = h.stack.last
+    b, cb = h.connect("198.51.100.2")
+    rid = h.call(b, "login", user="1000", password="secret")
+    assert len(h.stack.registrations) == 1 and reg.started == 1
+    assert cb.frames == []  # answered on the next turn, result before event
+    h.clock.advance(0)
+    result = cb.results[rid]
+    assert result["user"] == "1000" and result["expires"] == 600 and result["session"] != sid_a
+    assert cb.frames == [("result", rid), ("event", "registered")]
+    binding = h.controller.bindings.get("1000")
+    assert [s.id for s in binding.sessions] == [sid_a, result["session"]]
+    assert h.controller.health()["registrations"] == 1 and h.controller.health()["sessions"] == 2
+
+
+def test_logins_while_the_first_register_runs_are_answered_by_its_outcome(h):
+    a, ca = h.connect()
+    rid_a = h.call(a, "login", user="1000", password="secret")
+    b, cb = h.connect()
+    rid_b = h.call(b, "login", user="1000", password="secret")
+    assert len(h.stack.registrations) == 1
+    h.stack.last.succeed(300)
+    assert ca.results[rid_a]["expires"] == 300 and cb.results[rid_b]["expires"] == 300
+    c, cc = h.connect()
+    rid_c = h.call(c, "login", user="1001", password="secret")
+    d, cd = h.connect()
+    rid_d = h.call(d, "login", user="1001", password="secret")
+    h.stack.last.fail("auth_failed", 403)
+    assert error_of(cc, rid_c).reason == "auth_failed" and error_of(cd, rid_d).reason == "auth_failed"
+    assert h.controller.bindings.get("1001") is None
+    assert h.stack.last.stop_calls == 1
+
+
+def test_the_last_session_to_leave_ends_the_registration(h):
+    a, ca = h.connect()
+    h.login(a, ca)
+    b, cb = h.connect()
+    h.login(b, cb)
+    reg = h.stack.last
+    rid = h.call(a, "logout")
+    assert ca.results[rid] == {} and reg.stop_calls == 0  # the other session still uses it
+    assert cb.events == [("registered", {"user": "1000", "expires": 600})]  # and hears nothing
+    # an older session whose grace runs out does not take the registration with it either
+    c, cc = h.connect()
+    h.login(c, cc)
+    h.controller.connection_lost(c)
+    h.clock.advance(h.ws.grace_period + 1)
+    assert reg.stop_calls == 0 and len(h.controller.bindings.get("1000")) == 1
+    rid = h.call(b, "logout")
+    assert cb.results[rid] == {} and reg.stop_calls == 1
+    assert h.controller.bindings.get("1000") is None
+    # a new login starts a new registration
+    d, cd = h.connect()
+    h.login(d, cd)
+    assert len(h.stack.registrations) == 2 and h.stack.last.started == 1
+
+
+def test_registration_events_reach_every_session_of_the_user(h):
+    a, ca = h.connect()
+    h.login(a, ca)
+    b, cb = h.connect()
+    h.login(b, cb)
+    reg = h.stack.last
+    reg.fail("pbx_unreachable", None, retrying=True)
+    expected = ("registration_failed", {"user": "1000", "reason": "pbx_unreachable", "retrying": True})
+    assert ca.events[-1] == expected and cb.events[-1] == expected
+    reg.fail("not_bound", 200, retrying=True)
+    assert ca.events[-1][1]["reason"] == "not_bound" and cb.events[-1][1]["reason"] == "not_bound"
+    reg.succeed(600)
+    assert ca.events[-1] == cb.events[-1] == ("registered", {"user": "1000", "expires": 600})
+    reg.fail("auth_failed", 403, retrying=False)
+    assert a.session is None and b.session is None
+    assert h.controller.sessions.count == 0 and h.controller.bindings.get("1000") is None
+
+
+def test_other_credentials_are_proven_before_joining(h):
+    a, ca = h.connect()
+    h.login(a, ca)
+    reg = h.stack.last
+    b, cb = h.connect("203.0.113.9")
+    rid = h.call(b, "login", user="1000", password="guess")
+    (user, password, ha1, d) = h.stack.checks[-1]
+    assert (user, password, ha1) == ("1000", "guess", None)
+    assert cb.frames == [] and len(h.controller.bindings.get("1000")) == 1
+    d.callback("auth_failed")
+    assert error_of(cb, rid).reason == "auth_failed"
+    assert reg.stop_calls == 0 and reg.password == "secret"  # the user's registration untouched
+    assert len(h.controller.bindings.get("1000")) == 1
+    # a changed password proven at the registrar: joined, and the registration uses it from now on
+    rid = h.call(b, "login", user="1000", ha1=HA1)
+    h.stack.checks[-1][3].callback(None)
+    h.clock.advance(0)
+    assert cb.results[rid]["user"] == "1000"
+    assert (reg.password, reg.ha1) == (None, HA1) and len(h.stack.registrations) == 1
+    assert len(h.controller.bindings.get("1000")) == 2
+
+
+def test_a_credentials_check_outlived_by_the_login_timeout_does_nothing(h):
+    a, ca = h.connect()
+    h.login(a, ca)
+    b, cb = h.connect()
+    rid = h.call(b, "login", user="1000", password="other")
+    h.clock.advance(h.ws.login_timeout)
+    assert error_of(cb, rid).reason == "timeout"
+    h.stack.checks[-1][3].callback(None)
+    assert len(h.controller.bindings.get("1000")) == 1 and len(cb.frames) == 1
+
+
+def test_pbx_state_changes_reach_every_session(h):
+    a, ca = h.connect()
+    h.login(a, ca)
+    b, cb = h.connect()
+    h.login(b, cb, user="1001")
+    h.controller.connection_lost(b)
+    h.controller.pbx_state_changed(False)
+    assert ca.events[-1] == ("pbx", {"reachable": False})
+    c, cc = h.connect()
+    rid = h.call(c, "resume", session=h.controller.sessions.by_user("1001")[0].id)
+    assert rid in cc.results
+    assert cc.events == [("pbx", {"reachable": False})]  # queued while detached
+
+
 # --- limits ------------------------------------------------------------------------------------------
 def test_max_sessions():
     h = Harness(ws=WebSocketConfig(max_sessions=2))
-    for _ in range(2):
+    for user in ("1000", "1001"):
         c, ch = h.connect()
-        h.login(c, ch)
+        h.login(c, ch, user=user)
     c, ch = h.connect()
-    rid = h.call(c, "login", user="1000", password="x")
+    rid = h.call(c, "login", user="1002", password="x")
     assert error_of(ch, rid).reason == "too_many_sessions"
     assert len(h.stack.registrations) == 2
     h.controller.connection_lost(c)
@@ -611,7 +750,7 @@ def test_shutdown_unregisters_everything_then_closes_sockets(h):
     a, ca = h.connect()
     h.login(a, ca)
     b, cb = h.connect()
-    sid_b = h.login(b, cb)
+    sid_b = h.login(b, cb, user="1001")
     h.controller.connection_lost(b)
     pending, cp = h.connect()
     rid_pending = h.call(pending, "login", user="1002", password="x")

@@ -117,7 +117,7 @@ request_route {
     consume_credentials();
 
     if (is_method("REGISTER")) {
-        if (!save("location")) { sl_reply_error(); }
+@REGISTER@
         exit;
     }
 
@@ -130,6 +130,19 @@ request_route {
     exit;
 }
 """
+
+
+_REGISTER_MULTI = """        if (!save("location")) { sl_reply_error(); }"""
+
+# FreeSWITCH's default: the new Contact replaces the user's binding (0x04), and an un-REGISTER
+# deletes the user's binding whichever Contact it names. A REGISTER without Contact is a query.
+_REGISTER_SINGLE = """        if (is_present_hf("Contact")
+            && ($hdr(Expires) == "0" || $ct =~ ";expires=0([^0-9]|$)")) {
+            unregister("location", "$tu");
+            sl_send_reply("200", "OK");
+            exit;
+        }
+        if (!save("location", "0x04")) { sl_reply_error(); }"""
 
 
 def module_dir() -> str:
@@ -151,6 +164,11 @@ class Kamailio:
     ``users`` are the subscriber user names (ints or strings), all with ``password``.
     ``min_expires``/``default_expires``/``max_expires`` go to the registrar module
     (None keeps Kamailio's default: min 60, default 3600).
+
+    ``single_binding`` behaves like FreeSWITCH's vanilla ``internal`` profile
+    (``multiple-registrations`` off): one contact per user, a new REGISTER replaces the old
+    one, and an ``Expires: 0`` for any Contact removes the user's binding. Otherwise every
+    Contact is kept (``multiple-registrations=contact``).
     """
 
     def __init__(
@@ -162,6 +180,7 @@ class Kamailio:
         min_expires: int | None = None,
         default_expires: int | None = None,
         max_expires: int = 3600,
+        single_binding: bool = False,
     ) -> None:
         self.tmpdir = Path(tmpdir)
         self.users = [str(u) for u in users]
@@ -170,6 +189,7 @@ class Kamailio:
         self.min_expires = min_expires
         self.default_expires = default_expires
         self.max_expires = max_expires
+        self.single_binding = single_binding
         self._host = "127.0.0.1"
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -406,6 +426,7 @@ class Kamailio:
             "@DBDIR@": str(self.dbdir),
             "@MAX_EXPIRES@": str(int(self.max_expires)),
             "@REGISTRAR_EXTRA@": "\n".join(extra),
+            "@REGISTER@": _REGISTER_SINGLE if self.single_binding else _REGISTER_MULTI,
         }.items():
             cfg = cfg.replace(key, value)
         self.cfg_path.write_text(cfg)

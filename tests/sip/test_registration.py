@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from twisted.internet.task import Clock
@@ -173,7 +174,8 @@ def test_423_min_expires_retries_with_it():
     reg.start()
     stack.answer(423, [("Min-Expires", "60")])
     assert stack.sent[-1][0].headers.get("Expires") == "60"
-    stack.answer(200, [("Expires", "60")])
+    # our Contact listed without an expires parameter: the Expires header is the grant
+    stack.answer(200, [("Contact", "<sip:mp-abc@127.0.0.1:5070>"), ("Expires", "60")])
     assert listener.events == [("registered", 60)]
 
 
@@ -219,21 +221,57 @@ def test_other_4xx_is_final():
     assert stack.reactor.getDelayedCalls() == []
 
 
-def test_stop_unregisters_with_expires_zero():
+OTHER = ("Contact", "<sip:mp-other@127.0.0.2:5070>;expires=500")
+
+
+def test_stop_queries_the_bindings_then_unregisters_ours():
     stack, listener, reg = make()
     reg.start()
     stack.answer(200, [contact_ok(600)])
     d = reg.stop()
-    unreg = stack.sent[-1][0]
-    assert unreg.headers.get("Expires") == "0"
+    query = stack.sent[-1][0]
+    # RFC 3261 §10.2.3: a REGISTER without Contact asks for the bindings and changes none
+    assert query.method == "REGISTER" and "Contact" not in query.headers and "Expires" not in query.headers
     assert not d.called
-    stack.answer(401, [("WWW-Authenticate", CHALLENGE)])  # un-REGISTER is challenged too
-    assert "Authorization" in stack.sent[-1][0].headers and stack.sent[-1][0].headers.get("Expires") == "0"
+    stack.answer(401, [("WWW-Authenticate", CHALLENGE)])  # the query is challenged too
+    assert "Authorization" in stack.sent[-1][0].headers and "Contact" not in stack.sent[-1][0].headers
+    stack.answer(200, [contact_ok(420)])
+    unreg = stack.sent[-1][0]
+    assert unreg.headers.get("Expires") == "0" and unreg.headers.get("Contact") == "<sip:mp-abc@127.0.0.1:5070>"
+    assert unreg.call_id == query.call_id and unreg.cseq[0] == query.cseq[0] + 2
+    assert not d.called
+    stack.answer(401, [("WWW-Authenticate", CHALLENGE.replace("abc123", "n3"))])
+    assert stack.sent[-1][0].headers.get("Expires") == "0" and "Authorization" in stack.sent[-1][0].headers
     stack.answer(200)
     assert d.called and reg.state == "unregistered"
     assert listener.events[-1] == ("unregistered",)
     assert stack.forgotten == [reg]
     assert stack.reactor.getDelayedCalls() == []
+
+
+def test_stop_leaves_a_binding_that_is_not_ours():
+    """Another device or node took the user's single binding: an Expires: 0 would delete it on
+    a FreeSWITCH, so none is sent."""
+    stack, listener, reg = make()
+    reg.start()
+    stack.answer(200, [contact_ok(600)])
+    d = reg.stop()
+    n = len(stack.sent)
+    stack.answer(200, [OTHER])
+    assert d.called and reg.state == "unregistered"
+    assert len(stack.sent) == n  # no un-REGISTER
+    assert stack.reactor.getDelayedCalls() == []
+
+
+def test_stop_sends_no_unregister_when_the_query_fails():
+    for status, local in ((500, False), (408, True), (403, False)):
+        stack, listener, reg = make()
+        reg.start()
+        stack.answer(200, [contact_ok(600)])
+        d = reg.stop()
+        n = len(stack.sent)
+        stack.answer(status, local=local)
+        assert d.called and len(stack.sent) == n, status
 
 
 def test_stop_is_bounded_when_pbx_is_silent():
@@ -247,13 +285,100 @@ def test_stop_is_bounded_when_pbx_is_silent():
     assert reg.stop() is d
 
 
-def test_stop_before_any_answer_still_unregisters():
+def test_stop_before_any_answer_still_unregisters_if_bound():
     stack, listener, reg = make()
     reg.start()
     d = reg.stop()
+    assert "Contact" not in stack.sent[-1][0].headers  # the query first
+    stack.answer(200, [contact_ok(600)])  # the first REGISTER did bind us
     assert stack.sent[-1][0].headers.get("Expires") == "0"
     stack.answer(200)
     assert d.called
+
+
+def test_a_2xx_that_does_not_list_our_contact_is_not_a_registration():
+    stack, listener, reg = make()
+    reg.start()
+    stack.answer(200, [OTHER])
+    assert listener.events == [("failed", "not_bound", 200, True)]
+    assert reg.state == "registering"
+    (call,) = stack.reactor.getDelayedCalls()  # retried with backoff
+    stack.reactor.advance(call.getTime())
+    stack.answer(200, [OTHER, contact_ok(300)])  # several bindings: ours among them
+    assert listener.events[-1] == ("registered", 300) and reg.state == "registered"
+    # a refresh whose 2xx drops us is reported, not taken as registered
+    (call,) = stack.reactor.getDelayedCalls()
+    stack.reactor.advance(call.getTime() - stack.reactor.seconds())
+    stack.answer(200, [("Contact", "<sip:mp-abc@127.0.0.1:5999>;expires=300")])  # another port: not us
+    assert listener.events[-1] == ("failed", "not_bound", 200, True)
+
+
+def test_a_changed_expiry_is_reported():
+    stack, listener, reg = make()
+    reg.start()
+    stack.answer(200, [contact_ok(600)])
+    (call,) = stack.reactor.getDelayedCalls()
+    stack.reactor.advance(call.getTime())
+    stack.answer(200, [contact_ok(600)])
+    assert listener.events == [("registered", 600)]  # the same grant: routine, no event
+    (call,) = stack.reactor.getDelayedCalls()
+    stack.reactor.advance(call.getTime() - stack.reactor.seconds())
+    stack.answer(200, [contact_ok(120)])  # the registrar shortened it
+    assert listener.events == [("registered", 600), ("registered", 120)]
+
+
+def test_refresh_soon_brings_the_next_register_forward():
+    stack, listener, reg = make()
+    reg.start()
+    stack.answer(408, local=True)
+    for _ in range(6):  # a long outage: the backoff has grown
+        (call,) = stack.reactor.getDelayedCalls()
+        stack.reactor.advance(call.getTime() - stack.reactor.seconds())
+        stack.answer(408, local=True)
+    (call,) = stack.reactor.getDelayedCalls()
+    assert call.getTime() - stack.reactor.seconds() >= 32
+    reg.refresh_soon(3.0)
+    (call,) = stack.reactor.getDelayedCalls()
+    assert call.getTime() - stack.reactor.seconds() == 3.0
+    n = len(stack.sent)
+    stack.reactor.advance(3.0)
+    assert len(stack.sent) == n + 1 and stack.sent[-1][0].headers.get("Contact")
+    reg.refresh_soon(1.0)  # a REGISTER is in flight: nothing more
+    assert stack.reactor.getDelayedCalls() == []
+    stack.answer(200, [contact_ok(600)])
+    assert listener.events[-1] == ("registered", 600)
+    d = reg.stop()
+    reg.refresh_soon(1.0)  # stopping: nothing either
+    assert len(stack.reactor.getDelayedCalls()) == 1  # only the stop guard
+    stack.reactor.advance(STOP_TIMEOUT)
+    assert d.called
+
+
+def test_set_credentials_answers_the_next_challenge_with_them():
+    stack, listener, reg = make(password="old")
+    reg.start()
+    reg.set_credentials("new", None)
+    stack.answer(401, [("WWW-Authenticate", CHALLENGE)])
+    sent = stack.sent[-1][0].headers.get("Authorization")
+
+    def md5(text):
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def response_for(password):
+        ha1 = md5(f"1000:127.0.0.1:{password}")
+        ha2 = md5(f"REGISTER:{stack.registrar_uri}")
+        fields = ("nonce", "nc", "cnonce", "qop")
+        return md5(":".join([ha1, *(_param(sent, f) for f in fields), ha2]))
+
+    assert _param(sent, "response") == response_for("new") != response_for("old")
+
+
+def _param(header, name):
+    for part in header[len("Digest "):].split(","):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value.strip('"')
+    return None
 
 
 def test_stop_after_failure_is_immediate():
