@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
-from tests.integration.helpers import sleep, wait_until
+from tests.integration.helpers import http_get, sleep, wait_until
 from tests.peers.ports import free_port
 from tests.peers.wsclient import RpcError, WsClient
 
@@ -215,3 +216,53 @@ def test_login_flood_and_bad_frames_leave_other_users_alone(kamailio, gateway_fa
     assert "pong" in pong
     assert list(kamailio.registrations()) == ["1000"]
     yield alice.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_pbx_failover_every_user_registers_again_within_the_window(kamailio_factory, gateway_factory):
+    """A PBX that comes back without its bindings (a fresh instance, a standby behind the same
+    address): noticed within sip.pbx_down_after, reported to the clients and /healthz, and all
+    1,000 users registered again within sip.reregister_window, once each."""
+    n, window = 1000, 5.0
+    kam = kamailio_factory()
+    gw = gateway_factory(
+        kam.host, kam.port, sip__options_keepalive=0.5, sip__pbx_down_after=2.0, sip__reregister_window=window
+    )
+    users = [str(1000 + i) for i in range(n)]
+    clients = yield defer.gatherResults([WsClient.connect(gw.ws_url) for _ in users], consumeErrors=True)
+    yield defer.gatherResults(
+        [c.request("login", {"user": u, "password": "1234"}) for c, u in zip(clients, users, strict=True)],
+        consumeErrors=True,
+    )
+    assert sorted(kam.registrations()) == users
+    yield wait_until(lambda: gw.stack.pbx_reachable is True, timeout=5, what="the PBX seen as reachable")
+
+    kam.stop()
+    stopped = time.monotonic()
+    yield wait_until(lambda: gw.stack.pbx_reachable is False, timeout=5, what="the PBX seen as down")
+    noticed = time.monotonic() - stopped
+    assert noticed <= 2.0 + 0.5 + 1.0, noticed  # pbx_down_after + one keepalive + slack
+    code, body = yield threads.deferToThread(http_get, f"http://127.0.0.1:{gw.http_port}/healthz")
+    assert code == 503 and json.loads(body)["pbx_reachable"] is False
+    _, metrics = yield threads.deferToThread(http_get, f"http://127.0.0.1:{gw.http_port}/metrics")
+    assert b"mpb2bua_pbx_reachable 0" in metrics
+    yield wait_until(
+        lambda: all(("pbx", {"reachable": False}) in c.events for c in clients), timeout=5, what="pbx events"
+    )
+
+    kam.start()  # same port, empty location table (usrloc db_mode 0)
+    restarted = time.monotonic()
+    yield wait_until(lambda: len(kam.registrations()) == n, timeout=window + 15, what="every user back")
+    took = time.monotonic() - restarted
+    print(f"\n{n} users registered again {took:.1f} s after the PBX came back (window {window} s)")
+    assert took <= window + 3.0, took
+    regs = kam.registrations()
+    assert sorted(regs) == users
+    assert all(len(cs) == 1 and f":{gw.sip_port}" in cs[0] for cs in regs.values())  # no duplicates
+    assert gw.controller.sessions.count == n  # nobody lost their session
+    yield wait_until(
+        lambda: all(("pbx", {"reachable": True}) in c.events for c in clients), timeout=5, what="pbx back"
+    )
+    code, _ = yield threads.deferToThread(http_get, f"http://127.0.0.1:{gw.http_port}/healthz")
+    assert code == 200
+    yield defer.gatherResults([c.close() for c in clients], consumeErrors=True)

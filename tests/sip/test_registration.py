@@ -237,7 +237,8 @@ def test_stop_queries_the_bindings_then_unregisters_ours():
     assert "Authorization" in stack.sent[-1][0].headers and "Contact" not in stack.sent[-1][0].headers
     stack.answer(200, [contact_ok(420)])
     unreg = stack.sent[-1][0]
-    assert unreg.headers.get("Expires") == "0" and unreg.headers.get("Contact") == "<sip:mp-abc@127.0.0.1:5070>"
+    assert unreg.headers.get("Expires") == "0"
+    assert unreg.headers.get("Contact") == "<sip:mp-abc@127.0.0.1:5070>"
     assert unreg.call_id == query.call_id and unreg.cseq[0] == query.cseq[0] + 2
     assert not d.called
     stack.answer(401, [("WWW-Authenticate", CHALLENGE.replace("abc123", "n3"))])
