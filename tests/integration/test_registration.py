@@ -266,3 +266,21 @@ def test_pbx_failover_every_user_registers_again_within_the_window(kamailio_fact
     code, _ = yield threads.deferToThread(http_get, f"http://127.0.0.1:{gw.http_port}/healthz")
     assert code == 200
     yield defer.gatherResults([c.close() for c in clients], consumeErrors=True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_changed_expiry_is_reported_to_the_client(kamailio_factory, gateway_factory):
+    kam = kamailio_factory(min_expires=5, max_expires=20)
+    gw = gateway_factory(kam.host, kam.port, sip__register_expires=30)
+    client = yield WsClient.connect(gw.ws_url)
+    result = yield client.request("login", {"user": "1000", "password": "1234"})
+    assert result["expires"] == 20
+    first = yield client.wait_event("registered")
+    assert first["expires"] == 20
+    # the operator lowers the registrar's maximum; the next refresh (4-12 s away) is granted less
+    kam.stop()
+    kam.max_expires = 10
+    kam.start()
+    again = yield client.wait_event("registered", timeout=20)
+    assert again == {"user": "1000", "expires": 10}
+    yield client.close()
