@@ -62,6 +62,11 @@ class SipConfig:
     public_host: str | None = None  # Via/Contact host when the node is seen under another address
     user_agent: str = "mpb2bua"
     t1: float = 0.5
+    timer_c: float = 180.0  # an outgoing INVITE with no response for this long after a 1xx is given up
+
+    def __post_init__(self) -> None:
+        if not self.timer_c > 0:
+            raise ConfigError(f"sip.timer_c: must be more than 0 seconds, got {self.timer_c!r}")
 
 
 @dataclass

@@ -48,6 +48,8 @@ CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{
 MAX_HEADERS = 10
 MAX_BODY = 16384
 DTMF_DURATION_MS = 160
+# endings the gateway decided by a timer of its own: their status was never received
+_LOCAL_DECISIONS = ("no ACK", "session timer expired", "no answer", "no progress")
 
 
 class Call:
@@ -101,20 +103,33 @@ class Call:
 
     def invite_answered(self, session: InviteSession, sdp: bytes | None) -> None:
         self._cancel_timer()
-        if self.direction == "outbound":
-            try:
-                if sdp is None:
-                    raise MediaNegotiationError("2xx without SDP answer")
-                self.media.accept_answer(sdp)
-            except MediaNegotiationError as e:
-                log.warn("call {call}: bad SDP answer, hanging up: {e}", call=self.id, e=e)
-                self._bad_sdp = str(e)
-                session.hangup()
+        # ours was the offer: outbound, or an inbound INVITE without SDP (late offer: our 200
+        # carried the offer, the ACK the answer)
+        if self.direction == "outbound" or session.late_offer:
+            where = "2xx" if self.direction == "outbound" else "ACK"
+            if not self._take_answer(session, sdp, where):
                 return
         self.state = "active"
         self.start_media()
         self.manager.m_answered.inc()
-        self.event("answered", codec=self.media.codec_name, video=self.with_video or None)
+        # what the answer negotiated, not what was asked for: a PBX without H.264 answers m=video 0
+        video = self.media.has_video if self.with_video else None
+        self.event("answered", codec=self.media.codec_name, video=video)
+
+    def _take_answer(self, session: InviteSession, sdp: bytes | None, where: str) -> bool:
+        """Apply the SDP answer to our offer; on none or an unusable one, hang up (BYE) and
+        report it (``INCOMPATIBLE_DESTINATION``)."""
+        try:
+            if sdp is None:
+                raise MediaNegotiationError(f"{where} without SDP answer")
+            self.media.accept_answer(sdp)
+        except MediaNegotiationError as e:
+            log.warn("call {call}: bad SDP answer in {where}, hanging up: {e}",
+                     call=self.id, where=where, e=e)
+            self._bad_sdp = str(e)
+            session.hangup()
+            return False
+        return True
 
     def invite_ended(
         self, session: InviteSession, status: int | None, reason_headers: list[str], by: str, why: str
@@ -128,7 +143,7 @@ class Call:
         if self._bad_sdp:
             cause = "INCOMPATIBLE_DESTINATION"
         # a status we decided ourselves (no ACK, session timer) was never received: not reported
-        received = not (by == "local" and why in ("no ACK", "session timer expired", "no answer"))
+        received = not (by == "local" and why in _LOCAL_DECISIONS)
         sip_status = status if status and status >= 300 and received else None
         stats = self.stop_media()
         self.event("hangup", sip_status=sip_status, cause=cause, reason=reason, by=by, media=stats)
@@ -143,10 +158,23 @@ class Call:
             return None
         if self.bridge is not None:
             self.bridge.renegotiated(self.media.negotiated)
-        if remote_hold != self.remote_held:
-            self.remote_held = remote_hold
-            self.event("hold", held=remote_hold, by="remote")
+        self._remote_hold(remote_hold)
         return answer
+
+    def invite_make_offer(self, session: InviteSession) -> bytes | None:
+        return self.media.make_offer(hold=self.held)
+
+    def invite_answer(self, session: InviteSession, sdp: bytes | None) -> None:
+        """The ACK of a re-INVITE without SDP: the answer to the offer of our 200."""
+        if not self._take_answer(session, sdp, "ACK"):
+            return
+        self.start_media()  # re-points the running bridge (or starts it)
+        self._remote_hold(self.media.negotiated.on_hold)
+
+    def _remote_hold(self, held: bool) -> None:
+        if held != self.remote_held:
+            self.remote_held = held
+            self.event("hold", held=held, by="remote")
 
     def invite_request(self, session: InviteSession, request: Request) -> int:
         if len(request.body) > MAX_BODY:
@@ -519,7 +547,7 @@ class CallManager:
                     # the user the INVITE reached (its To names our Contact, as FreeSWITCH's
                     # user/1000 does, or whatever the caller dialled)
                     "to": session.user,
-                    "video": video,
+                    "video": media.has_video,  # what our answer accepted, not what was offered
                     "headers": headers,
                     "push_url": media.push_url,
                     "play_url": media.play_url,
@@ -813,7 +841,7 @@ def _cause(status: int | None, reason_headers: list[str], why: str, by: str) -> 
         return "ORIGINATOR_CANCEL"
     if why == "bye":
         return "NORMAL_CLEARING"
-    if why in ("timeout", "no ACK", "session timer expired"):
+    if why in ("timeout", "no ACK", "session timer expired", "no progress"):
         return "RECOVERY_ON_TIMER_EXPIRE"
     if why == "no answer":
         return "NO_ANSWER"

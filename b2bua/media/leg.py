@@ -131,6 +131,11 @@ class MediaLeg:
     def codec_name(self) -> str | None:
         return self.negotiated.audio.codec if self.negotiated is not None else None
 
+    @property
+    def has_video(self) -> bool:
+        """Whether the last offer/answer accepted a video stream (not whether one was offered)."""
+        return self.negotiated is not None and self.negotiated.video is not None
+
     def make_offer(self, hold: bool = False) -> bytes:
         self._version += 1
         offer = make_offer(

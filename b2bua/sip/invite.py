@@ -31,6 +31,11 @@ log = Logger()
 SDP = "application/sdp"
 MIN_SE = 90
 DEFAULT_SESSION_EXPIRES = 1800
+# FreeSWITCH (mod_sofia) reads X-FS-Support from the INVITE it receives and from the 180/183/200
+# to an INVITE it sent; "send_info" lets uuid_send_info and the send_info application reach us
+# without fs_send_unsupported_info=true. Not "update_display": that makes it send INFOs of type
+# message/update_display whose content is in X- headers the `info` event does not carry.
+FS_SUPPORT = ("X-FS-Support", "send_info")
 
 
 class InviteListener(Protocol):
@@ -45,6 +50,14 @@ class InviteListener(Protocol):
     def invite_offer(self, session: InviteSession, sdp: bytes) -> bytes | None: ...
 
     def invite_request(self, session: InviteSession, request: Request) -> int: ...
+
+    def invite_make_offer(self, session: InviteSession) -> bytes | None:
+        """A fresh offer for our 2xx to a re-INVITE without SDP (None: refuse it with 488)."""
+        ...
+
+    def invite_answer(self, session: InviteSession, sdp: bytes | None) -> None:
+        """The ACK to that 2xx came: ``sdp`` is the answer to our offer (None if it had none)."""
+        ...
 
 
 def sdp_of(message: Request | Response) -> bytes | None:
@@ -87,6 +100,7 @@ class InviteSession:
         self._late_answers: set[str] = set()  # To tags of 2xx that came after we gave up
         self._ended_uac: _EndedUac | None = None
         self._bye_after_ack = False
+        self._offer_in_2xx: int | None = None  # CSeq of a re-INVITE whose 2xx carried our offer
 
     def __repr__(self) -> str:
         call_id = self.invite.call_id if self.invite is not None else "-"
@@ -95,6 +109,11 @@ class InviteSession:
     @property
     def call_id(self) -> str:
         return self.invite.call_id if self.invite is not None else ""
+
+    @property
+    def late_offer(self) -> bool:
+        """An incoming INVITE without SDP: our 2xx carries the offer, the ACK the answer."""
+        return self.role == "uas" and self.invite is not None and sdp_of(self.invite) is None
 
     # == UAC ==============================================================================================
     @classmethod
@@ -133,6 +152,7 @@ class InviteSession:
         )
         self._add_common(request)
         request.headers.add("Supported", "timer")
+        request.headers.add(*FS_SUPPORT)
         for name, value in self._extra:
             request.headers.add(name, value)
         if self._challenge is not None:
@@ -146,22 +166,26 @@ class InviteSession:
         request.body = self.local_sdp or b""
         self.invite = request
         self._txn = stack.send_request(request, self._on_invite_response)
+        self._arm_timer_c()
 
     def _add_common(self, message: Request | Response) -> None:
         message.headers.add("Contact", f"<{self.stack.contact_uri(self.reg.contact_user)}>")
 
     def _on_invite_response(self, response: Response) -> None:
         status = response.status
-        if status == 100:
-            return
         if self.state == "terminated":
             if 200 <= status < 300:
                 self._after_end().on_2xx(response)
             return
         if status < 200:
+            # §9.1: any provisional response, 100 included, allows the CANCEL
             self._got_provisional = True
             if self._cancel_pending:
                 self._send_cancel()
+            if status == 100:
+                return
+            if self.state in ("calling", "early"):
+                self._arm_timer_c()  # §16.7: each provisional but 100 re-arms Timer C
             if self.state == "calling":
                 self.state = "early"
             if self.state != "cancelling":
@@ -193,6 +217,7 @@ class InviteSession:
             if self._ack is not None:  # a 2xx retransmission: our ACK was lost
                 self._resend_ack()
             return
+        self._cancel_timer("C")
         try:
             dialog = Dialog.for_uac(self.invite, response)
         except DialogError as e:
@@ -240,11 +265,31 @@ class InviteSession:
             return
         cancel = make_cancel(self.invite)
         self.stack.send_request(cancel, _ignore)
-        # §9.1: if no final response comes within 64*T1 the call is considered gone
-        self._timer("cancel", 64 * self.stack.config.t1, self._cancel_timed_out)
+        # §9.1: if no final response comes within 64*T1 the call is considered gone, and so is
+        # the INVITE's transaction (in proceeding it has no timer of its own)
+        guard = 64 * self.stack.config.t1
+        self._timer("cancel", guard, self._cancel_timed_out)
+        if self._txn is not None:
+            self._txn.abandon(guard)
 
     def _cancel_timed_out(self) -> None:
         self._end(487, [], "local", "cancelled")
+
+    def _arm_timer_c(self) -> None:
+        """Timer C (RFC 3261 §16.6: > 3 min): an INVITE that got a provisional response and then
+        nothing more (a PBX that died) is given up when it runs out."""
+        self._timer("C", self.stack.config.timer_c, self._timer_c_expired)
+
+    def _timer_c_expired(self) -> None:
+        if self.state not in ("calling", "early"):
+            return
+        log.info("no response to INVITE {call_id} for {t} s (Timer C): giving up",
+                 call_id=self.call_id, t=self.stack.config.timer_c)
+        if self._got_provisional:
+            self._send_cancel()
+        # §16.8: without a provisional response it is as if a 408 had come (Timer B ends the
+        # transaction); the caller is told now, whatever the CANCEL brings
+        self._end(408, [], "local", "no progress")
 
     # == UAS ==============================================================================================
     @classmethod
@@ -275,6 +320,7 @@ class InviteSession:
         self.local_sdp = sdp
         self.state = "answering"
         response = self._response(self.invite, 200)
+        response.headers.add(*FS_SUPPORT)
         self._add_session_timer_answer(response)
         response.headers.add("Content-Type", SDP)
         response.body = sdp
@@ -288,6 +334,8 @@ class InviteSession:
 
     def _respond_invite(self, status: int, reason: str | None = None) -> None:
         response = self._response(self.invite, status, reason)
+        if 100 < status < 200:
+            response.headers.add(*FS_SUPPORT)
         try:
             self._txn.respond(response)
         except Exception:
@@ -365,16 +413,22 @@ class InviteSession:
         if self._pending_2xx is not None and ack.cseq[0] == self._pending_2xx[2]:
             self._pending_2xx = None
             self._cancel_timer("2xx")
+            sdp = sdp_of(ack)
             if self.state == "answering" and self._bye_after_ack:
                 self._send_bye()  # §15: the callee that hung up meanwhile waited for this ACK
                 self._end(None, [], "local", "bye")
             elif self.state == "answering":
                 self.state = "confirmed"
-                sdp = sdp_of(ack)
                 if sdp is not None:
                     self.remote_sdp = sdp
                 self._start_session_timer(self.invite, we_are="uas")
-                self.listener.invite_answered(self, self.remote_sdp)
+                # late offer: the ACK's SDP (or its absence) is the answer to our 2xx's offer
+                self.listener.invite_answered(self, sdp if self.late_offer else self.remote_sdp)
+            elif self.state == "confirmed" and self._offer_in_2xx == ack.cseq[0]:
+                self._offer_in_2xx = None
+                if sdp is not None:
+                    self.remote_sdp = sdp
+                self.listener.invite_answer(self, sdp)
 
     def _on_remote_offer(self, request: Request, txn: ServerTransaction) -> None:
         if self.state not in ("confirmed",) and request.method == "INVITE":
@@ -392,6 +446,15 @@ class InviteSession:
                 return
             self.remote_sdp = offer
             self.local_sdp = answer
+        elif request.method == "INVITE":
+            # RFC 3264 §5 / RFC 6337 §4.2: a re-INVITE without SDP asks for our offer in the 2xx;
+            # the answer comes in the ACK (FreeSWITCH sends these for 3pcc and some transfers)
+            answer = self.listener.invite_make_offer(self)
+            if answer is None:
+                txn.respond(self._response(request, 488))
+                return
+            self.local_sdp = answer
+            self._offer_in_2xx = request.cseq[0]
         self.dialog.update_target(request)
         response = self._response(request, 200)
         self._add_session_timer_answer(response, refresh=request)
@@ -409,6 +472,7 @@ class InviteSession:
         """End the call whatever its state: CANCEL, BYE, or reject an unanswered incoming call."""
         if self.state in ("calling", "early"):
             self.state = "cancelling"
+            self._cancel_timer("C")
             if self._got_provisional:
                 self._send_cancel()
             else:
@@ -523,8 +587,11 @@ class InviteSession:
                 if value is not None:
                     self._send_reinvite(sdp, value, retry_glare)
                     return
-            if response.status == 491 and retry_glare:  # §14.1: retry after a random 2.1–4 s
-                self._timer("glare", random.uniform(2.1, 4.0), lambda: self._send_reinvite(sdp, auth, False))
+            if response.status == 491 and retry_glare:
+                # §14.1: the owner of the Call-ID (the UAC that made the dialog) waits 2.1–4 s,
+                # the other side 0–2 s, so that the two retries do not collide again
+                delay = random.uniform(2.1, 4.0) if self.role == "uac" else random.uniform(0.0, 2.0)
+                self._timer("glare", delay, lambda: self._send_reinvite(sdp, auth, False))
                 return
             self._reinvite = None
             d.callback((response.status, None))
@@ -649,6 +716,12 @@ class _EndedListener:
 
     def invite_request(self, session: InviteSession, request: Request) -> int:
         return 481  # Call/Transaction Does Not Exist
+
+    def invite_make_offer(self, session: InviteSession) -> bytes | None:
+        return None
+
+    def invite_answer(self, session: InviteSession, sdp: bytes | None) -> None:
+        pass
 
 
 _ENDED_LISTENER = _EndedListener()

@@ -347,10 +347,17 @@ class InviteClientTransaction(ClientTransaction):
             self._interval_a *= 2
             self._start_timer("A", self._interval_a, self._timer_a)
 
+    def abandon(self, delay: float) -> None:
+        """The TU gave this INVITE up (it sent a CANCEL): if no final response has come within
+        ``delay`` (§9.1: 64*T1), forget the transaction without telling the TU. An ICT in
+        proceeding has no timer of its own and would otherwise wait for ever."""
+        if self.state == PROCEEDING:
+            self._start_timer("abandon", delay, self._terminate)
+
     def _receive(self, response: Response) -> None:
         code = response.status
         if self.state in (CALLING, PROCEEDING):
-            self._stop_timer("A", "B")
+            self._stop_timer("A", "B", "abandon")
             if code < 200:
                 self.state = PROCEEDING
             elif code < 300:

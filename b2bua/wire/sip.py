@@ -62,6 +62,7 @@ _CANONICAL = {
         "RAck",
         "MIME-Version",
         "P-Asserted-Identity",
+        "X-FS-Support",  # FreeSWITCH's spelling (it compares without case; sipp and people do not)
         "Content-Disposition",
         "Content-Encoding",
         "Accept-Encoding",

@@ -14,12 +14,14 @@ from b2bua.wire.sip import Request, make_response
 from b2bua.wire.sipuri import SipUri
 
 T1 = 0.5
+TIMER_C = 180.0
 PBX = Target("UDP", "10.0.0.1", 5060)
 CHALLENGE = 'Digest realm="pbx.example", nonce="abc123", qop="auth", algorithm=MD5'
 OFFER = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 ANSWER = b"v=0\r\no=- 2 2 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n"
 OFFER2 = ANSWER.replace(b"5000", b"5002")
 ANSWER2 = OFFER.replace(b"4000", b"4002")
+OFFER3 = OFFER.replace(b"4000", b"4004")
 RR1 = "<sip:p1.example;lr>"
 RR2 = "<sip:p2.example:5070;lr>"
 REMOTE_CONTACT = "<sip:bob@10.0.0.9:5062>"
@@ -27,7 +29,11 @@ LOCAL_CONTACT = "<sip:mp-abc@127.0.0.1:5070>"
 
 
 class ClientTxn:
-    pass
+    def __init__(self):
+        self.abandoned = []  # delays given to abandon() (§9.1: the INVITE was CANCELled)
+
+    def abandon(self, delay):
+        self.abandoned.append(delay)
 
 
 class ServerTxn:
@@ -48,7 +54,7 @@ class FakeStack:
 
     def __init__(self):
         self.reactor = Clock()
-        self.config = SimpleNamespace(t1=T1)
+        self.config = SimpleNamespace(t1=T1, timer_c=TIMER_C)
         self.requests = []  # (request, on_response, target) through send_request
         self.raw = []  # (message, target, time) through send (retransmissions)
         self.dialogs = {}
@@ -113,6 +119,7 @@ class Listener:
         self.events = []
         self.offer_answer = ANSWER2
         self.request_status = 200
+        self.new_offer = OFFER3
 
     def invite_progress(self, session, status, sdp):
         self.events.append(("progress", status, sdp))
@@ -130,6 +137,13 @@ class Listener:
     def invite_request(self, session, request):
         self.events.append(("request", request.method))
         return self.request_status
+
+    def invite_make_offer(self, session):
+        self.events.append(("make_offer",))
+        return self.new_offer
+
+    def invite_answer(self, session, sdp):
+        self.events.append(("ack_answer", sdp))
 
 
 def make_reg():
@@ -322,6 +336,99 @@ def test_uac_hangup_in_early_cancels_at_once():
     stack.respond("INVITE", 487)
     assert ended(listener) == [("ended", 487, [], "local", "cancelled")]
     assert no_timers(stack)
+
+
+def test_uac_hangup_after_100_trying_cancels_at_once():
+    """§9.1: any provisional response, 100 Trying included, allows the CANCEL."""
+    stack, listener, session = outgoing()
+    invite = stack.sent("INVITE")[0]
+    stack.respond("INVITE", 100)
+    session.hangup()
+    (cancel,) = stack.sent("CANCEL")
+    assert cancel.headers.get("Via") == invite.headers.get("Via")
+    assert session._txn.abandoned == [64 * T1]  # §9.1: the INVITE transaction goes at 64*T1
+    stack.respond("INVITE", 487)
+    assert ended(listener) == [("ended", 487, [], "local", "cancelled")]
+    assert no_timers(stack)
+
+
+def test_uac_cancel_queued_before_any_provisional_goes_out_on_100():
+    stack, listener, session = outgoing()
+    session.hangup()
+    assert stack.sent("CANCEL") == []
+    stack.respond("INVITE", 100)
+    assert len(stack.sent("CANCEL")) == 1
+    stack.respond("INVITE", 180)  # a later provisional sends no second CANCEL
+    assert len(stack.sent("CANCEL")) == 1 and listener.events == []
+
+
+def test_uac_timer_c_after_180_cancels_and_ends_the_call():
+    """Timer C (§16.6): a 180 and then nothing (a PBX that died) is given up after timer_c."""
+    stack, listener, session = outgoing()
+    stack.respond("INVITE", 100)
+    stack.respond("INVITE", 180)
+    stack.reactor.advance(TIMER_C - 1)
+    assert stack.sent("CANCEL") == [] and ended(listener) == []
+    stack.respond("INVITE", 183)  # each provisional (but 100) re-arms it
+    stack.reactor.advance(TIMER_C - 1)
+    stack.respond("INVITE", 100)  # a 100 does not
+    stack.reactor.advance(1)
+    (cancel,) = stack.sent("CANCEL")
+    assert cancel.cseq == (stack.sent("INVITE")[0].cseq[0], "CANCEL")
+    assert ended(listener) == [("ended", 408, [], "local", "no progress")]
+    assert session.state == "terminated" and no_timers(stack)
+    assert session._txn.abandoned == [64 * T1]  # the INVITE transaction does not live for ever
+    answer_2xx(stack)  # an answer that crosses the CANCEL is ACKed and BYEd by what is left
+    assert len(stack.sent("ACK")) == 1 and len(stack.sent("BYE")) == 1
+    assert len(ended(listener)) == 1
+
+
+def test_uac_timer_c_without_provisional_ends_without_cancel():
+    stack, listener, session = outgoing()
+    stack.config.timer_c = 5.0  # shorter than Timer B: as if a 408 had come (§16.8)
+    session._arm_timer_c()
+    stack.reactor.advance(5.0)
+    assert stack.sent("CANCEL") == []
+    assert ended(listener) == [("ended", 408, [], "local", "no progress")]
+
+
+def test_uac_timer_c_stops_on_answer_rejection_and_hangup():
+    stack, listener, session = outgoing()
+    stack.respond("INVITE", 180)
+    answer_2xx(stack)
+    assert no_timers(stack)
+    stack, listener, session = outgoing()
+    stack.respond("INVITE", 180)
+    stack.respond("INVITE", 486)
+    assert no_timers(stack)
+    stack, listener, session = outgoing()
+    stack.respond("INVITE", 180)
+    session.hangup()
+    assert [c.getTime() for c in stack.reactor.getDelayedCalls()] == [64 * T1]  # only the CANCEL guard
+
+
+def test_x_fs_support_on_our_invite_and_on_our_responses_to_an_invite():
+    """FreeSWITCH reads X-FS-Support from the INVITE it gets and from the 180/183/200 to its
+    INVITE; with send_info in it, uuid_send_info reaches us without fs_send_unsupported_info."""
+    stack, listener, session = outgoing()
+    assert b"\r\nX-FS-Support: send_info\r\n" in bytes(stack.sent("INVITE")[0])  # FreeSWITCH's spelling
+    stack, listener, session, txn = incoming()
+    session.ring()
+    session.ring(183)
+    session.answer(ANSWER)
+    assert [r.headers.get("X-FS-Support") for r in txn.responses] == ["send_info"] * 3
+    stack, listener, session, txn = incoming()
+    session.reject(486)
+    assert "X-FS-Support" not in txn.responses[0].headers
+
+
+def test_timer_c_must_be_positive():
+    from b2bua.config import ConfigError, SipConfig
+
+    assert SipConfig().timer_c == 180.0
+    for bad in (0, -1.0):
+        with pytest.raises(ConfigError, match="timer_c"):
+            SipConfig(timer_c=bad)
 
 
 def test_uac_200_crossing_cancel_is_acked_and_byed():
@@ -534,6 +641,36 @@ def test_uas_ack_with_sdp_is_the_remote_sdp():
     assert listener.events == [("answered", OFFER2)]
 
 
+def late_offer_incoming():
+    stack, listener = FakeStack(), Listener()
+    txn = ServerTxn()
+    request = incoming_invite(sdp=None)
+    session = InviteSession.incoming(stack, make_reg(), request, txn, listener)
+    return stack, listener, session, txn
+
+
+def test_uas_late_offer_the_ack_answer_goes_to_the_listener():
+    """An INVITE without SDP: our 200 carries the offer and the ACK the answer (RFC 3264 §5)."""
+    stack, listener, session, txn = late_offer_incoming()
+    assert session.late_offer and session.remote_sdp is None
+    session.answer(OFFER)
+    assert txn.responses[0].body == OFFER
+    ack(session, 1, sdp=ANSWER)
+    assert listener.events == [("answered", ANSWER)] and session.remote_sdp == ANSWER
+
+
+def test_uas_late_offer_ack_without_answer_is_reported_as_none():
+    stack, listener, session, txn = late_offer_incoming()
+    session.answer(OFFER)
+    ack(session, 1)
+    assert listener.events == [("answered", None)]  # the call hangs up on it
+
+
+def test_uas_early_offer_is_not_a_late_offer():
+    stack, listener, session, txn = incoming()
+    assert not session.late_offer
+
+
 def test_uas_no_ack_within_64_t1_ends_with_bye():
     stack, listener, session, txn = incoming()
     session.answer(ANSWER)
@@ -655,13 +792,33 @@ def test_reinvite_with_offer_is_answered_and_retransmitted_until_ack(call):
     assert [e for e in listener.events if e[0] == "answered"] == [listener.events[0]]  # not re-announced
 
 
-def test_reinvite_without_sdp_offers_our_current_sdp(call):
+def test_reinvite_without_sdp_gets_a_fresh_offer_and_the_ack_answer_goes_to_the_listener(call):
     stack, listener, session, cseq = call
-    current = session.local_sdp
     txn = deliver(session, "INVITE", cseq)
-    assert txn.responses[0].status == 200 and txn.responses[0].body == current
-    assert not any(e[0] == "offer" for e in listener.events)
+    (ok,) = txn.responses
+    assert ok.status == 200 and ok.body == OFFER3  # a new offer from the call, not the old SDP
+    assert ok.headers.get("Content-Type") == "application/sdp"
+    assert listener.events[-1] == ("make_offer",) and session.local_sdp == OFFER3
+    ack(session, cseq, sdp=ANSWER)  # the answer comes in the ACK
+    assert listener.events[-1] == ("ack_answer", ANSWER)
+    assert session.remote_sdp == ANSWER
+    ack(session, cseq, sdp=ANSWER)  # a retransmitted ACK is not a second answer
+    assert [e for e in listener.events if e[0] == "ack_answer"] == [("ack_answer", ANSWER)]
+    assert no_timers(stack) and session.state == "confirmed"
+
+
+def test_reinvite_without_sdp_whose_ack_has_no_answer_tells_the_listener(call):
+    stack, listener, session, cseq = call
+    deliver(session, "INVITE", cseq)
     ack(session, cseq)
+    assert listener.events[-1] == ("ack_answer", None)  # the call decides: it hangs up
+
+
+def test_reinvite_without_sdp_is_488_when_no_offer_can_be_made(call):
+    stack, listener, session, cseq = call
+    listener.new_offer = None
+    txn = deliver(session, "INVITE", cseq)
+    assert txn.statuses == [488] and session.state == "confirmed"
     assert no_timers(stack)
 
 
@@ -839,18 +996,32 @@ def test_our_reinvite_while_pending_fails(call):
     assert failures[0].check(InviteStateError)
 
 
-def test_our_reinvite_491_is_retried_once_after_a_random_wait(call):
+@pytest.mark.parametrize("draw", ["low", "high"])
+def test_our_reinvite_491_is_retried_once_after_a_random_wait(call, draw, monkeypatch):
+    """§14.1: the owner of the Call-ID (we, when we sent the first INVITE) waits 2.1–4 s, the
+    other side 0–2 s. ``draw`` pins random.uniform to either end of the range it is given."""
     stack, listener, session, _ = call
+    ranges = []
+
+    def uniform(a, b):
+        ranges.append((a, b))
+        return a if draw == "low" else b
+
+    monkeypatch.setattr("b2bua.sip.invite.random.uniform", uniform)
+    low, high = (2.1, 4.0) if session.role == "uac" else (0.0, 2.0)
+    wait = low if draw == "low" else high
     results = []
     session.reinvite(OFFER2).addCallback(results.append)
     first = stack.last("INVITE")[0]
     stack.respond("INVITE", 491, to_tag=session.dialog.remote_tag)
-    assert results == []
+    assert results == [] and ranges == [(low, high)]
     (glare,) = stack.reactor.getDelayedCalls()
-    assert 2.1 <= glare.getTime() - stack.reactor.seconds() <= 4.0
-    stack.reactor.advance(2.09)
-    assert stack.last("INVITE")[0] is first
-    stack.reactor.advance(4.0 - 2.09)
+    due = glare.getTime()
+    assert due - stack.reactor.seconds() == pytest.approx(wait)
+    if wait > 0:
+        stack.reactor.advance(wait - 0.01)
+        assert stack.last("INVITE")[0] is first
+    stack.reactor.advance(due - stack.reactor.seconds())
     second = stack.last("INVITE")[0]
     assert second is not first and second.cseq[0] == first.cseq[0] + 1 and second.body == OFFER2
     stack.respond("INVITE", 491, to_tag=session.dialog.remote_tag)  # not retried again

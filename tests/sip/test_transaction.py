@@ -333,12 +333,47 @@ def test_ict_transport_error_on_ack_ends_the_transaction(env):
     assert tx.state == "terminated"
 
 
-def test_ict_waits_in_proceeding_until_terminated(env):
+def test_ict_abandoned_in_proceeding_is_gone_64_t1_later(env):
+    """§9.1: once the TU has CANCELled, an ICT with no final response is destroyed after 64*T1
+    (in proceeding it has no timer of its own: without this it would live for ever)."""
     invite = make_request()
     tx = env.send(invite)
     env.receive(answer(invite, 183))
-    advance_to(env.clock, 300)
-    assert tx.state == "proceeding" and len(env.transport.sent) == 1
+    tx.abandon(64 * 0.5)
+    advance_to(env.clock, 32 - 0.01)
+    assert tx.state == "proceeding"
+    advance_to(env.clock, 32)
+    assert tx.state == "terminated" and env.layer.count() == ZERO
+    assert statuses(env.responses) == [183]  # the TU is not called
+    env.receive(answer(invite, 200))
+    assert len(env.tu.strays) == 1
+
+
+def test_ict_abandoned_then_487_completes_normally(env):
+    invite = make_request()
+    tx = env.send(invite)
+    env.receive(answer(invite, 180))
+    tx.abandon(32)
+    env.receive(answer(invite, 487, "x1"))
+    assert tx.state == "completed" and statuses(env.responses) == [180, 487]
+    advance_to(env.clock, 32)  # Timer D (32 s on UDP), not the abandon timer, ends it
+    assert tx.state == "terminated" and env.layer.count() == ZERO
+
+
+def test_ict_abandon_in_calling_leaves_it_to_timer_b(env):
+    invite = make_request()
+    tx = env.send(invite)
+    tx.abandon(1)
+    advance_to(env.clock, 2)
+    assert tx.state == "calling"
+    advance_to(env.clock, 32)
+    assert tx.state == "terminated" and statuses(env.responses) == [408]
+
+
+def test_ict_terminate_forgets_it(env):
+    invite = make_request()
+    tx = env.send(invite)
+    env.receive(answer(invite, 183))
     tx.terminate()
     assert env.layer.count() == ZERO
     env.receive(answer(invite, 200))
