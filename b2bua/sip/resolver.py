@@ -24,11 +24,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.names import cache, client, dns, hosts, resolve
-from twisted.names.error import DNSNameError
+from twisted.names.error import (
+    DNSFormatError,
+    DNSNameError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSServerError,
+    DNSUnknownError,
+)
 from twisted.python.failure import Failure
 
 from b2bua.metrics import Registry
@@ -237,13 +245,25 @@ async def _maybe(coro):
 
 
 def _describe(error: BaseException) -> str:
+    """A short reason for logs and /healthz (the DNS error classes carry whole messages)."""
     if isinstance(error, DNSNameError):
         return "no such name (NXDOMAIN)"
-    name = type(error).__name__
-    text = str(error)
-    if "Timeout" in name:
+    for cls, text in _DNS_ERRORS:
+        if isinstance(error, cls):
+            return text
+    if isinstance(error, TimeoutError | defer.TimeoutError):
         return "timed out"
-    return f"{name}: {text}" if text and len(text) < 200 else name
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text and len(text) < 200 else type(error).__name__
+
+
+_DNS_ERRORS = (
+    (DNSServerError, "server failure (SERVFAIL)"),
+    (DNSQueryRefusedError, "refused (REFUSED)"),
+    (DNSFormatError, "format error (FORMERR)"),
+    (DNSNotImplementedError, "not implemented (NOTIMP)"),
+    (DNSUnknownError, "unknown DNS error"),
+)
 
 
 # ---------------------------------------------------------------------------------------------- keeping fresh
@@ -389,16 +409,17 @@ class PbxLocator:
             self._pbx_static = (literal, port or default_port(self.transport))
             self._static.add(literal)
         else:
+            label = host if port is None else f"{host}:{port}"
             self._pbx_watch = Watch(
                 clock,
-                host if port is None else f"{host}:{port}",
+                label,
                 lambda: Deferred.fromCoroutine(
                     locate_sip_server(self.resolver, host, port, self.transport, self.families, self._rng)
                 ),
                 self._update,
                 floor=floor,
                 ceiling=ceiling,
-                **self._counters(host),
+                **self._counters(label),
             )
             self.watches.append(self._pbx_watch)
         for entry in extra:
