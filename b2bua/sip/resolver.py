@@ -120,11 +120,13 @@ def srv_order(records: Iterable[SrvRecord], rng: random.Random) -> list[SrvRecor
         while group:
             pick = rng.randint(0, sum(r.weight for r in group))
             running = 0
-            for i, record in enumerate(group):  # noqa: B007
+            chosen = len(group) - 1
+            for index, record in enumerate(group):
                 running += record.weight
                 if running >= pick:
+                    chosen = index
                     break
-            out.append(group.pop(i))
+            out.append(group.pop(chosen))
     return out
 
 

@@ -38,7 +38,6 @@ from b2bua.wire.sipuri import NameAddr, SipUri, UriError, join_hostport, split_h
 log = Logger()
 
 CONTACT_PREFIX = "mp-"
-_UNRESOLVED = Target("UDP", "", 0)  # the PBX before its name's first DNS answer: never sent to
 
 
 class SipStack:
@@ -197,7 +196,7 @@ class SipStack:
         target: Target | None = None,
         to_tag: str | None = None,
     ) -> Request:
-        transport = (target or self.pbx_target or _UNRESOLVED).transport
+        transport = (target or self._pbx()).transport
         via = Via(transport, self.local_host(target), self.transport.port, {"rport": None})
         request = Request(method=method, uri=uri)
         h = request.headers
@@ -215,13 +214,15 @@ class SipStack:
     def send_request(
         self, request: Request, on_response: Callable[[Response], None], target: Target | None = None
     ) -> ClientTransaction:
-        if target is None:
-            target = self.pbx_target or _UNRESOLVED._replace(transport=self.config.pbx_transport.upper())
-        return self.transactions.send_request(request, target, on_response)
+        return self.transactions.send_request(request, target or self._pbx(), on_response)
+
+    def _pbx(self) -> Target:
+        """The PBX's target; before its name's first DNS answer, one that ``send`` refuses."""
+        return self.pbx_target or Target(self.config.pbx_transport.upper(), "", 0)
 
     # TransportSender for the transaction layer: counts, then hands to the transport.
     def send(self, message: Request | Response, target: Target) -> None:
-        if not target.host:
+        if not target.host:  # see _pbx
             raise TransportError(f"no address for the PBX {self.config.pbx} yet (DNS)")
         if isinstance(message, Request):
             self._m_req.labels("out", message.method).inc()
