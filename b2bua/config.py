@@ -7,6 +7,7 @@ default); every section and key is documented in the shipped YAML file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from b2bua.wire.sipuri import UriError, split_hostport
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,8 @@ class SipConfig:
     domain: str | None = None  # AOR domain; the PBX host when unset
     registrar_uri: str | None = None  # Request-URI of REGISTER; sip:<pbx> when unset
     pbx_addresses: list[str] = field(default_factory=list)  # more source addresses allowed to send requests
+    dns_servers: list[str] = field(default_factory=list)  # "ip:port" DNS servers; resolv.conf when empty
+    realm: str | list[str] | None = None  # digest realm(s) answered; the domain's host when unset; "*": any
     register_expires: int = 600
     options_keepalive: float = 2.0  # seconds between OPTIONS to the PBX; 0 = off (no fail-over detection)
     pbx_down_after: float = 10.0  # the PBX is unreachable once silent this long (>= 2 keepalives)
@@ -132,8 +137,53 @@ def load_config(path: str | Path | None) -> Config:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: {e}") from None
     config = _build(Config, data, "")
+    validate(config)
     config.base_dir = path.resolve().parent.parent if path.resolve().parent.name == "etc" else path.parent
     return config
+
+
+def validate(config: Config) -> None:
+    """Checks of values beyond their types (raises :class:`ConfigError`)."""
+    dns_servers(config.sip)
+    digest_realms(config.sip)
+
+
+def dns_servers(sip: SipConfig) -> list[tuple[str, int]]:
+    """``sip.dns_servers`` as (address, port) pairs: ``ip``, ``ip:port``, ``[v6]`` or ``[v6]:port``
+    (port 53 when absent). Name servers are given by address: a name would need DNS to find DNS."""
+    servers = []
+    for text in sip.dns_servers:
+        try:
+            host, port = split_hostport(text)
+            address = ipaddress.ip_address(host.strip("[]"))
+        except (UriError, ValueError):
+            raise ConfigError(
+                f"sip.dns_servers: {text!r} is not IP[:PORT] (an IPv6 address in brackets: [::1]:53)"
+            ) from None
+        servers.append((str(address), port or 53))
+    return servers
+
+
+def digest_realms(sip: SipConfig) -> frozenset[str] | None:
+    """The digest realms the credentials may answer, lower-cased; None = any realm (``"*"``).
+
+    Unset: the host of ``sip.domain``, else of ``sip.pbx`` (FreeSWITCH challenges with its
+    domain as the realm)."""
+    realms = sip.realm
+    if realms is None:
+        try:
+            host, _ = split_hostport(sip.domain or sip.pbx)
+        except UriError as e:
+            raise ConfigError(f"sip.{'domain' if sip.domain else 'pbx'}: {e}") from None
+        return frozenset({host.lower()})
+    values = [realms] if isinstance(realms, str) else list(realms)
+    if not values or any(not v or v != v.strip() for v in values):
+        raise ConfigError("sip.realm: expected a realm, a non-empty list of realms, or \"*\"")
+    if "*" in values:
+        if len(values) > 1:
+            raise ConfigError('sip.realm: "*" (any realm) cannot be listed with other realms')
+        return None
+    return frozenset(v.lower() for v in values)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -142,7 +142,8 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         def health() -> tuple[bool, dict]:
             details = controller.health()
             details["pbx_reachable"] = stack.pbx_reachable
-            return stack.pbx_reachable is not False, details
+            details.update(stack.health())  # pbx_target (None until DNS answers), pbx_dns
+            return stack.pbx_reachable is not False and stack.pbx_target is not None, details
 
         site = make_site(metrics, health)
         StreamServerEndpointService(

@@ -17,12 +17,20 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
-from b2bua.config import SipConfig
+from b2bua.config import SipConfig, digest_realms, dns_servers
 from b2bua.metrics import Registry
 from b2bua.sip.dialog import ALLOW
 from b2bua.sip.invite import InviteSession
 from b2bua.sip.registration import Registration, RegistrationListener
-from b2bua.sip.transaction import ClientTransaction, ServerTransaction, Target, Timers, TransactionLayer
+from b2bua.sip.resolver import PbxLocator, make_resolver
+from b2bua.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    Target,
+    Timers,
+    TransactionLayer,
+    TransportError,
+)
 from b2bua.sip.transport import SipTransport
 from b2bua.wire.digest import DigestClient, DigestError
 from b2bua.wire.sip import Request, Response, Via, make_response
@@ -34,14 +42,41 @@ CONTACT_PREFIX = "mp-"
 
 
 class SipStack:
-    def __init__(self, reactor, config: SipConfig, metrics: Registry | None = None) -> None:
+    """``resolver_factory`` makes the DNS resolver (``twisted.names`` IResolver) when a PBX name
+    needs one; by default the servers of ``sip.dns_servers``, else the system's."""
+
+    def __init__(
+        self,
+        reactor,
+        config: SipConfig,
+        metrics: Registry | None = None,
+        resolver_factory: Callable[[], object] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.config = config
         host, port = split_hostport(config.pbx)
-        self.pbx_target = Target(config.pbx_transport.upper(), _resolve(host), port or 5060)
         self.domain = config.domain or host
         self.registrar_uri = config.registrar_uri or f"sip:{join_hostport(host, port)}"
-        self.allowed_sources = {self.pbx_target.host} | {_resolve(a) for a in config.pbx_addresses}
+        self.realms = digest_realms(config)  # None: any realm
+        # Where requests go and who may send us requests: kept up to date from DNS (RFC 3263).
+        # Until a PBX name has its first answer, pbx_target is None and requests for the PBX fail
+        # at once with a local 503 (a login: pbx_unreachable).
+        self.pbx_target: Target | None = None
+        self.allowed_sources: frozenset[str] = frozenset()
+        self._started = False
+        self._keepalive: task.LoopingCall | None = None
+        servers = dns_servers(config)
+        self.locator = PbxLocator(
+            reactor,
+            config.pbx,
+            config.pbx_transport,
+            config.pbx_addresses,
+            (socket.AF_INET6,) if ":" in config.listen_host else (socket.AF_INET,),
+            self._pbx_moved,
+            resolver_factory or (lambda: make_resolver(reactor, servers)),
+            metrics=metrics,
+        )
+        self._pbx_moved()
         self.transport = SipTransport(
             reactor,
             config.listen_host,
@@ -60,27 +95,48 @@ class SipStack:
         self.pbx_reachable: bool | None = None
         self.pbx_listeners: list[Callable[[bool], None]] = []  # called on every reachability change
         self._last_heard: float | None = None  # when the PBX last sent us anything
-        self._keepalive: task.LoopingCall | None = None
         self._ping_txn: ClientTransaction | None = None
         self._init_metrics(metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
         self.transport.start()
-        if self.config.options_keepalive > 0:
-            self._keepalive = task.LoopingCall(self._ping_pbx)
-            self._keepalive.clock = self.reactor
-            self._keepalive.start(self.config.options_keepalive, now=True)
+        self._started = True
+        self.locator.start()
+        if self.pbx_target is not None:
+            self._start_keepalive()  # else once the PBX's name has an address
         log.info(
             "SIP listening on {host}:{port} ({transports}); PBX {pbx}",
             host=self.config.listen_host,
             port=self.transport.port,
             transports="+".join(self.transport.transports),
-            pbx=self.pbx_target,
+            pbx=self.pbx_target or f"{self.config.pbx} (resolving)",
         )
+
+    def _start_keepalive(self) -> None:
+        if self.config.options_keepalive > 0 and self._keepalive is None:
+            self._keepalive = task.LoopingCall(self._ping_pbx)
+            self._keepalive.clock = self.reactor
+            self._keepalive.start(self.config.options_keepalive, now=True)
+
+    def _pbx_moved(self) -> None:
+        """The locator's answer changed: follow it (target and allow-list)."""
+        target = self.locator.target
+        old = self.pbx_target
+        self.pbx_target = Target(self.config.pbx_transport.upper(), *target) if target else None
+        self.allowed_sources = self.locator.allowed
+        if old is not None and self.pbx_target != old:
+            log.info("PBX {name}: now {new} (was {old})", name=self.config.pbx, old=old, new=self.pbx_target)
+        if old is None and self.pbx_target is not None and self._started:
+            self._start_keepalive()
+
+    def health(self) -> dict:
+        """For /healthz: where SIP requests go and the state of the PBX names' DNS lookups."""
+        return self.locator.status()
 
     def stop(self) -> Deferred:
         """Un-register everyone (bounded by the registrations' own stop timeout), then close."""
+        self.locator.stop()
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         pending = [reg.stop() for reg in list(self.registrations.values())]
@@ -100,7 +156,7 @@ class SipStack:
         reg = Registration(
             self,
             user,
-            DigestClient(user, password=password, ha1=ha1),
+            DigestClient(user, password=password, ha1=ha1, realms=self.realms),
             contact_user,
             listener,
             self.config.register_expires,
@@ -114,13 +170,21 @@ class SipStack:
 
     # -- building and sending ----------------------------------------------------------------------------
     def local_host(self, target: Target | None = None) -> str:
-        return self.config.public_host or self.transport.local_host_for(target or self.pbx_target)
+        """Our address as ``target`` (the PBX by default) sees it; IPv6 in brackets (Via, Contact)."""
+        if self.config.public_host:
+            return self.config.public_host
+        target = target or self.pbx_target
+        if target is None:  # the request cannot be sent anyway (see send)
+            host = self.transport.host
+        else:
+            host = self.transport.local_host_for(target)
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
     def aor(self, user: str) -> str:
         return f"sip:{user}@{self.domain}"
 
     def contact_uri(self, contact_user: str) -> SipUri:
-        transport = self.pbx_target.transport
+        transport = self.config.pbx_transport.upper()
         params: dict[str, str | None] = {"transport": transport.lower()} if transport != "UDP" else {}
         return SipUri(host=self.local_host(), user=contact_user, port=self.transport.port, params=params)
 
@@ -136,8 +200,8 @@ class SipStack:
         target: Target | None = None,
         to_tag: str | None = None,
     ) -> Request:
-        target = target or self.pbx_target
-        via = Via(target.transport, self.local_host(target), self.transport.port, {"rport": None})
+        transport = (target or self._pbx()).transport
+        via = Via(transport, self.local_host(target), self.transport.port, {"rport": None})
         request = Request(method=method, uri=uri)
         h = request.headers
         h.add("Via", str(via))
@@ -154,10 +218,16 @@ class SipStack:
     def send_request(
         self, request: Request, on_response: Callable[[Response], None], target: Target | None = None
     ) -> ClientTransaction:
-        return self.transactions.send_request(request, target or self.pbx_target, on_response)
+        return self.transactions.send_request(request, target or self._pbx(), on_response)
+
+    def _pbx(self) -> Target:
+        """The PBX's target; before its name's first DNS answer, one that ``send`` refuses."""
+        return self.pbx_target or Target(self.config.pbx_transport.upper(), "", 0)
 
     # TransportSender for the transaction layer: counts, then hands to the transport.
     def send(self, message: Request | Response, target: Target) -> None:
+        if not target.host:  # see _pbx
+            raise TransportError(f"no address for the PBX {self.config.pbx} yet (DNS)")
         if isinstance(message, Request):
             self._m_req.labels("out", message.method).inc()
         else:
@@ -461,11 +531,3 @@ def _request_user(request: Request) -> str | None:
     except UriError:
         return None
 
-
-def _resolve(host: str) -> str:
-    if host.startswith("["):
-        return host[1:-1]
-    try:
-        return socket.gethostbyname(host)
-    except OSError:
-        return host

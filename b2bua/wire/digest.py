@@ -52,6 +52,17 @@ class DigestError(ValueError):
     """A challenge that cannot be parsed or answered, or credentials that cannot be used."""
 
 
+class DigestRealmError(DigestError):
+    """A challenge for a realm the credentials are not meant for (realms are not secret)."""
+
+    def __init__(self, offered: str, expected: frozenset[str]) -> None:
+        self.offered = offered
+        self.expected = expected
+        names = ", ".join(repr(r) for r in sorted(expected))
+        which = "one of " if len(expected) > 1 else ""
+        super().__init__(f"challenge realm {offered!r} is not the expected {which}{names}")
+
+
 @dataclass(frozen=True, slots=True)
 class Challenge:
     """One parsed ``Digest`` challenge. ``algorithm`` is upper-case (``MD5-SESS``), ``MD5`` if absent."""
@@ -249,10 +260,12 @@ class DigestClient:
     """Digest credentials of one user, answering challenges and counting nonce uses.
 
     Give exactly one of ``password`` or ``ha1``; ``ha1`` is the MD5 hex of ``user:realm:password``
-    (FreeSWITCH's ``a1-hash``) and can answer only ``MD5`` and ``MD5-sess``. ``realm_hint`` is the
-    realm the credentials belong to: when set, a challenge for any other realm is refused, so the
-    credentials are never used to answer a realm they were not meant for (and an ``ha1``, which is bound
-    to its realm, never produces a response that cannot be right). ``cnonce_factory`` is for tests.
+    (FreeSWITCH's ``a1-hash``) and can answer only ``MD5`` and ``MD5-sess``. ``realms`` are the
+    realms the credentials belong to (one, or several; compared without regard to case): when set, a
+    challenge for any other realm is refused with :class:`DigestRealmError`, so the credentials never
+    answer a realm (a server) they were not meant for, and an ``ha1``, which is bound to its realm,
+    never produces a response that cannot be right. None accepts any realm. ``cnonce_factory`` is
+    for tests.
     """
 
     def __init__(
@@ -260,7 +273,7 @@ class DigestClient:
         username: str,
         password: str | None = None,
         ha1: str | None = None,
-        realm_hint: str | None = None,
+        realms: str | Iterable[str] | None = None,
         *,
         cnonce_factory: Callable[[], str] = _default_cnonce,
     ) -> None:
@@ -271,7 +284,7 @@ class DigestClient:
         if not username:
             raise DigestError("empty username")
         self.username = username
-        self.realm_hint = realm_hint
+        self.realms = _realm_set(realms)
         self._password = password
         self._ha1 = ha1.lower() if ha1 is not None else None
         self._cnonce_factory = cnonce_factory
@@ -279,7 +292,7 @@ class DigestClient:
 
     def __repr__(self) -> str:
         kind = "password" if self._password is not None else "ha1"
-        return f"<DigestClient {self.username!r} ({kind}) realm_hint={self.realm_hint!r}>"
+        return f"<DigestClient {self.username!r} ({kind}) realms={self.realms!r}>"
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -288,9 +301,25 @@ class DigestClient:
             return frozenset({"MD5", "MD5-SESS"})
         return SUPPORTED_ALGORITHMS
 
+    def accepts(self, realm: str) -> bool:
+        return self.realms is None or realm.lower() in self.realms
+
     def choose(self, values: list[str]) -> Challenge:
-        """:func:`choose_challenge` restricted to what these credentials can answer."""
+        """:func:`choose_challenge` restricted to what these credentials can answer, among the
+        challenges for an accepted realm when there are any. When every challenge is for another
+        realm the best of them is returned: :meth:`authorization` then refuses it, naming both."""
+        if self.realms is not None:
+            ours = [v for v in values if self._realm_of(v) in self.realms]
+            if ours:
+                values = ours
         return choose_challenge(values, algorithms=self.algorithms)
+
+    @staticmethod
+    def _realm_of(value: str) -> str | None:
+        try:
+            return parse_challenge(value).realm.lower()
+        except DigestError:
+            return None
 
     def _next_count(self, nonce: str) -> int:
         count = self._counts.pop(nonce, 0) + 1
@@ -310,8 +339,8 @@ class DigestClient:
             raise DigestError(f"unsupported digest algorithm {challenge.algorithm!r}")
         if challenge.algorithm not in self.algorithms:
             raise DigestError(f"cannot answer {challenge.algorithm} with an MD5 ha1 (a password is needed)")
-        if self.realm_hint is not None and challenge.realm != self.realm_hint:
-            raise DigestError(f"challenge realm {challenge.realm!r} is not the expected {self.realm_hint!r}")
+        if self.realms is not None and challenge.realm.lower() not in self.realms:
+            raise DigestRealmError(challenge.realm, self.realms)
         if not method or any(c not in _TCHAR for c in method):
             raise DigestError(f"invalid method {method!r}")
         if not uri:
@@ -370,6 +399,19 @@ class DigestClient:
         if challenge.userhash:
             parts.append("userhash=true")
         return "Digest " + ", ".join(parts)
+
+
+def _realm_set(realms: str | Iterable[str] | None) -> frozenset[str] | None:
+    if realms is None:
+        return None
+    if isinstance(realms, str):
+        realms = (realms,)
+    if isinstance(realms, frozenset) and realms and all(r == r.lower() for r in realms):
+        return realms  # shared by every client of a node, not copied per user
+    out = frozenset(r.lower() for r in realms)
+    if not out:
+        raise DigestError("an empty set of realms accepts nothing (use None for any realm)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- logging

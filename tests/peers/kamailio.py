@@ -106,12 +106,12 @@ request_route {
 
     # digest auth: 401 for REGISTER, 407 for INVITE etc. (like FreeSWITCH); only the user
     # parts of From/To are compared with the auth user, never their domains.
-    if (!auth_check("@DOMAIN@", "subscriber", "1")) {
+    if (!auth_check("@REALM@", "subscriber", "1")) {
         $var(rc) = $rc;
         xlog("L_NOTICE", "AUTH failed/absent for $fu ($rm): code $var(rc)\n");
         # -2 wrong password, -3 unknown user -> 403 (as FreeSWITCH does)
         if ($var(rc) == -2 || $var(rc) == -3) { sl_send_reply("403", "Forbidden"); exit; }
-        auth_challenge("@DOMAIN@", "0");
+        auth_challenge("@REALM@", "0");
         exit;
     }
     consume_credentials();
@@ -163,7 +163,8 @@ class Kamailio:
 
     ``users`` are the subscriber user names (ints or strings), all with ``password``.
     ``min_expires``/``default_expires``/``max_expires`` go to the registrar module
-    (None keeps Kamailio's default: min 60, default 3600).
+    (None keeps Kamailio's default: min 60, default 3600). ``realm`` is the digest realm it
+    challenges with (the domain when None, as FreeSWITCH does).
 
     ``single_binding`` behaves like FreeSWITCH's vanilla ``internal`` profile
     (``multiple-registrations`` off): one contact per user, a new REGISTER replaces the old
@@ -181,11 +182,13 @@ class Kamailio:
         default_expires: int | None = None,
         max_expires: int = 3600,
         single_binding: bool = False,
+        realm: str | None = None,
     ) -> None:
         self.tmpdir = Path(tmpdir)
         self.users = [str(u) for u in users]
         self.password = password
         self.domain = domain
+        self.realm = realm or domain
         self.min_expires = min_expires
         self.default_expires = default_expires
         self.max_expires = max_expires
@@ -421,6 +424,7 @@ class Kamailio:
             "@HOST@": self.host,
             "@PORT@": str(self.port),
             "@DOMAIN@": self.domain,
+            "@REALM@": self.realm,
             "@MPATH@": module_dir(),
             "@RUNDIR@": str(self.rundir),
             "@DBDIR@": str(self.dbdir),

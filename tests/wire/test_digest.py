@@ -6,6 +6,7 @@ from b2bua.wire.digest import (
     Challenge,
     DigestClient,
     DigestError,
+    DigestRealmError,
     choose_challenge,
     parse_challenge,
     redacted,
@@ -213,11 +214,64 @@ def test_bad_credentials(kwargs):
         DigestClient("1000", **kwargs)
 
 
-def test_realm_hint_mismatch_refused():
-    client = DigestClient("1000", "1234", realm_hint="pbx.example")
-    with pytest.raises(DigestError, match="realm"):
+def test_realm_mismatch_refused_naming_both_realms():
+    client = DigestClient("1000", "1234", realms="pbx.example")
+    with pytest.raises(DigestRealmError) as err:
         client.authorization(parse_challenge('Digest realm="evil", nonce="n"'), "REGISTER", "sip:x")
+    assert err.value.offered == "evil" and err.value.expected == {"pbx.example"}
+    assert str(err.value) == "challenge realm 'evil' is not the expected 'pbx.example'"
+    assert "1234" not in str(err.value)
+    assert isinstance(err.value, DigestError)  # callers that catch DigestError keep working
     client.authorization(parse_challenge('Digest realm="pbx.example", nonce="n"'), "REGISTER", "sip:x")
+
+
+def test_realm_compared_without_case_and_answered_as_offered():
+    client = DigestClient("1000", "1234", realms=["PBX.example", "other"], cnonce_factory=fixed("c"))
+    challenge = parse_challenge('Digest realm="pbx.EXAMPLE", nonce="n"')
+    value = client.authorization(challenge, "REGISTER", "sip:x")
+    params = params_of(value)
+    assert params["realm"] == "pbx.EXAMPLE"  # the hash uses the realm exactly as the server wrote it
+    ha1 = md5("1000:pbx.EXAMPLE:1234")
+    assert params["response"] == md5(f"{ha1}:n:{md5('REGISTER:sip:x')}")
+    with pytest.raises(DigestRealmError, match="one of 'other', 'pbx.example'"):
+        client.authorization(parse_challenge('Digest realm="third", nonce="n"'), "REGISTER", "sip:x")
+
+
+def test_no_realms_accepts_any_realm():
+    client = DigestClient("1000", "1234")
+    assert client.realms is None and client.accepts("anything")
+    client.authorization(parse_challenge('Digest realm="anything", nonce="n"'), "REGISTER", "sip:x")
+
+
+def test_ha1_bound_to_its_realm():
+    client = DigestClient("1000", ha1=md5("1000:pbx.example:1234"), realms="pbx.example")
+    with pytest.raises(DigestRealmError):
+        client.authorization(parse_challenge('Digest realm="evil", nonce="n"'), "REGISTER", "sip:x")
+
+
+def test_choose_prefers_an_accepted_realm_over_a_stronger_foreign_one():
+    client = DigestClient("1000", "1234", realms="pbx.example")
+    foreign = 'Digest realm="evil", nonce="a", algorithm=SHA-256'
+    ours = 'Digest realm="pbx.example", nonce="b", algorithm=MD5'
+    assert client.choose([foreign, ours]).realm == "pbx.example"
+    assert client.choose([ours, foreign]).realm == "pbx.example"
+
+
+def test_choose_with_only_foreign_realms_returns_one_that_authorization_refuses():
+    client = DigestClient("1000", "1234", realms="pbx.example")
+    challenge = client.choose(['Digest realm="evil", nonce="a"'])
+    with pytest.raises(DigestRealmError, match="'evil'"):
+        client.authorization(challenge, "REGISTER", "sip:x")
+
+
+def test_empty_realm_set_is_refused():
+    with pytest.raises(DigestError, match="empty set of realms"):
+        DigestClient("1000", "1234", realms=[])
+
+
+def test_realm_set_shared_not_copied():
+    realms = frozenset({"pbx.example"})
+    assert DigestClient("1000", "1234", realms=realms).realms is realms
 
 
 def test_repr_hides_secrets():
