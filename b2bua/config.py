@@ -35,6 +35,15 @@ class WebSocketConfig:
     grace_period: float = 30.0
     auto_ping_interval: float = 25.0
     login_timeout: float = 40.0  # overall bound on a login's first REGISTER
+    # per session, token buckets (a burst of a sixth of the minute's budget, at least 1)
+    calls_per_minute: int = 20  # `call`
+    messages_per_minute: int = 60  # `message` and `send_info`
+    dtmf_per_minute: int = 120  # `dtmf` requests (each may carry up to 32 digits)
+    # per user, whatever the client address: after this many refused logins within
+    # failed_login_window seconds, a login that would ask the PBX is refused until one expires
+    # (so that one attacker does not get the gateway's address banned at the PBX, e.g. by fail2ban)
+    failed_logins_per_user: int = 5
+    failed_login_window: float = 300.0
 
 
 @dataclass

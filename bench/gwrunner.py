@@ -81,6 +81,9 @@ def build_config(pbx: str, sets: list[str]) -> Config:
     config.auth.users_source = "none"
     # every simulated user comes from 127.0.0.1: the per-address login limit would refuse them
     config.websocket.login_attempts_per_minute = 10**9
+    # load generators reuse sessions far beyond a person's pace
+    config.websocket.calls_per_minute = config.websocket.messages_per_minute = 10**9
+    config.websocket.dtmf_per_minute = 10**9
     config.calls.max_per_session = 1000
     for item in sets:
         key, _, value = item.partition("=")

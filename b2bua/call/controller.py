@@ -136,6 +136,26 @@ class Controller:
         self._login_limiter = TokenBucketLimiter(
             max(1, ws_config.login_attempts_per_minute), reactor.seconds, max_keys=100_000
         )
+        # Refused logins per user, whatever the address: the PBX sees every attempt as coming from
+        # the gateway, and would ban it (fail2ban) for every user.
+        self._failed_logins = TokenBucketLimiter(
+            max(1, ws_config.failed_logins_per_user) * 60.0 / max(1.0, ws_config.failed_login_window),
+            reactor.seconds,
+            burst=max(1, ws_config.failed_logins_per_user),
+            max_keys=100_000,
+        )
+        # method -> per-session token bucket (what one logged-in client may make the PBX do)
+        self._method_limits: dict[str, TokenBucketLimiter] = {}
+        for methods, per_minute in (
+            (("call",), ws_config.calls_per_minute),
+            (("message", "send_info"), ws_config.messages_per_minute),
+            (("dtmf",), ws_config.dtmf_per_minute),
+        ):
+            if per_minute > 0:
+                limiter = TokenBucketLimiter(
+                    per_minute, reactor.seconds, burst=max(1.0, per_minute / 6), max_keys=100_000
+                )
+                self._method_limits.update(dict.fromkeys(methods, limiter))
         self.methods: dict[str, Method] = {}
         self.session_end_hooks: list[Callable[[Session], None]] = []  # e.g. the call layer hangs up
         self.add_method("login", self.login, needs_session=False)
@@ -212,6 +232,13 @@ class Controller:
         if method.needs_session and (client.session is None or client.session.state != ACTIVE):
             self.send_error(client, request.id, RpcError("not_logged_in"))
             return
+        limiter = self._method_limits.get(request.method)
+        if limiter is not None and client.session is not None and not limiter.allow(client.session.id):
+            retry = round(limiter.retry_after(client.session.id), 1)
+            self.log.info("{method} rate limit hit by session {tag}", method=request.method,
+                          tag=client.session.tag)
+            self.send_error(client, request.id, RpcError("rate_limited", retry_after=retry))
+            return
         client.in_flight += 1
         d = maybeDeferred(method.handler, client, request.params)
         d.addCallbacks(self._answer, self._answer_error, (client, request), None, (client, request))
@@ -267,10 +294,18 @@ class Controller:
         self.log.info("login: user {user} from {peer}, session {tag}", user=user, peer=client.peer_host,
                       tag=session.tag)
         binding = self.bindings.get(user)
+        if binding is not None and binding.same_credentials(password, ha1):
+            self._join(binding, session)  # nothing reaches the PBX: no failed-login limit
+            return result
+        if self._failed_logins.retry_after(user) > 0:
+            retry = round(self._failed_logins.retry_after(user), 1)
+            self.log.info("login of {user} refused: too many failed logins for this user", user=user)
+            self._fail_login(
+                session, RpcError("rate_limited", detail="too many failed logins for this user", retry_after=retry)
+            )
+            return result
         if binding is None:
             self._new_binding(session, password, ha1)
-        elif binding.same_credentials(password, ha1):
-            self._join(binding, session)
         else:
             # Other credentials than the binding's (a changed password, or a guess): proven at the
             # registrar first, so nobody joins a user's registration on a guess.
@@ -421,6 +456,8 @@ class Controller:
 
     def _fail_login(self, session: Session, error: RpcError) -> None:
         """Answer the pending login with ``error`` and get rid of the session."""
+        if error.reason == "auth_failed":
+            self._failed_logins.allow(session.user)
         d, session.login_deferred = session.login_deferred, None
         session.cancel_login_timer()
         self.end_session(session, "login_failed")

@@ -688,6 +688,68 @@ def test_login_rate_limit_per_address():
     assert rid not in ch.errors
 
 
+def test_failed_logins_are_limited_per_user_whatever_the_address():
+    """An attacker rotating addresses would get the gateway banned at the PBX (fail2ban):
+    after failed_logins_per_user refusals a login that would reach the PBX is refused here."""
+    h = Harness(ws=WebSocketConfig(failed_logins_per_user=3, failed_login_window=300))
+    for i in range(3):
+        c, ch = h.connect(f"203.0.113.{i}")
+        rid = h.call(c, "login", user="1000", password="bad")
+        h.stack.last.fail("auth_failed", 403)
+        assert error_of(ch, rid).reason == "auth_failed"
+    n = len(h.stack.registrations)
+    c, ch = h.connect("198.51.100.77")
+    rid = h.call(c, "login", user="1000", password="good")
+    error = error_of(ch, rid)
+    assert error.reason == "rate_limited" and error.data["retry_after"] == 100.0
+    assert error.data["detail"] == "too many failed logins for this user"
+    assert len(h.stack.registrations) == n  # the PBX saw nothing
+    other, och = h.connect("198.51.100.77")  # other users are not affected
+    h.login(other, och, user="1001")
+    h.clock.advance(100)  # one failure has expired
+    rid = h.call(c, "login", user="1000", password="good")
+    h.stack.last.succeed()
+    assert rid in ch.results
+
+
+def test_a_locked_user_may_still_join_its_live_registration_with_its_credentials():
+    h = Harness(ws=WebSocketConfig(failed_logins_per_user=1))
+    a, ca = h.connect()
+    h.login(a, ca, password="right")
+    b, cb = h.connect("203.0.113.50")
+    rid = h.call(b, "login", user="1000", password="wrong")
+    h.stack.checks[-1][3].callback("auth_failed")  # proven wrong at the PBX
+    assert error_of(cb, rid).reason == "auth_failed"
+    rid = h.call(b, "login", user="1000", password="guess2")
+    assert error_of(cb, rid).reason == "rate_limited" and len(h.stack.checks) == 1
+    rid = h.call(b, "login", user="1000", password="right")  # nothing to ask the PBX
+    h.clock.advance(0)
+    assert rid in cb.results
+
+
+def test_call_message_and_dtmf_are_rate_limited_per_session():
+    h = Harness(ws=WebSocketConfig(calls_per_minute=12, messages_per_minute=6, dtmf_per_minute=60))
+    handled = []
+    for name in ("call", "message", "send_info", "dtmf"):
+        h.controller.add_method(name, lambda client, params, name=name: handled.append(name) or {})
+    a, ca = h.connect()
+    h.login(a, ca)
+    b, cb = h.connect()
+    h.login(b, cb, user="1001")
+    rids = [h.call(a, "call", to="1") for _ in range(3)]  # a burst of a sixth of the minute: 2
+    assert rids[0] in ca.results and rids[1] in ca.results
+    error = error_of(ca, rids[2])
+    assert error.reason == "rate_limited" and error.data["retry_after"] == 5.0
+    assert h.call(b, "call", to="1") in cb.results  # another session has its own budget
+    # message and send_info share one budget (burst 1)
+    assert h.call(a, "message", to="1", body="x") in ca.results
+    assert error_of(ca, h.call(a, "send_info", call="c", body="x")).reason == "rate_limited"
+    assert h.call(a, "dtmf", call="c", digits="1") in ca.results
+    h.clock.advance(5)
+    assert h.call(a, "call", to="1") in ca.results
+    assert handled.count("call") == 4
+
+
 # --- token login -------------------------------------------------------------------------------------
 SECRET = b"k" * 32
 
