@@ -300,9 +300,8 @@ class Controller:
         if self._failed_logins.retry_after(user) > 0:
             retry = round(self._failed_logins.retry_after(user), 1)
             self.log.info("login of {user} refused: too many failed logins for this user", user=user)
-            self._fail_login(
-                session, RpcError("rate_limited", detail="too many failed logins for this user", retry_after=retry)
-            )
+            error = RpcError("rate_limited", detail="too many failed logins for this user", retry_after=retry)
+            self._fail_login(session, error)
             return result
         if binding is None:
             self._new_binding(session, password, ha1)
