@@ -196,7 +196,6 @@ class _InStream:
         "ext_value",
         "remaining",
         "buf",
-        "filled",
     )
 
     def __init__(self) -> None:
@@ -208,10 +207,9 @@ class _InStream:
         self.extended = False  # the last fmt 0/1/2 header carried an extended timestamp
         self.ext_value = -1  # the last extended timestamp field read
         self.remaining = 0  # bytes still to come of the message in progress (0: none)
-        # The message in progress, allocated once at its full length: one buffer per message,
-        # not a list of chunk pieces (a ``bytes`` object per 2-byte chunk costs ~20 bytes per byte).
+        # The message in progress: one growing buffer per message, not a list of chunk pieces
+        # (a ``bytes`` object per 2-byte chunk costs ~20 bytes of memory per payload byte).
         self.buf: bytearray | None = None
-        self.filled = 0
 
 
 class ChunkReader:
@@ -297,7 +295,6 @@ class ChunkReader:
         end = len(data)
         pos = 0
         chunk_size = self.chunk_size
-        view = memoryview(data)
         u32 = _U32.unpack_from
         while pos < end:
             b0 = data[pos]
@@ -388,9 +385,7 @@ class ChunkReader:
                     self._need = h + take - pos
                     return pos
                 pos = h + take
-                filled = st.filled
-                st.buf[filled : filled + take] = view[h:pos]  # type: ignore[index]
-                st.filled = filled + take
+                st.buf += data[h:pos]  # type: ignore[operator]
                 st.remaining -= take
                 if st.remaining:
                     continue
@@ -443,9 +438,7 @@ class ChunkReader:
                         )
                     self.reserved += length
                     st.remaining = length - take
-                    st.buf = bytearray(length)
-                    st.buf[:take] = view[h:pos]
-                    st.filled = take
+                    st.buf = bytearray(data[h:pos])
                     continue
                 payload = data[h:pos]
             out.append(Message(type_id, stream_id, timestamp, payload))
