@@ -81,6 +81,10 @@ def build_config(pbx: str, sets: list[str]) -> Config:
     config.auth.users_source = "none"
     # every simulated user comes from 127.0.0.1: the per-address login limit would refuse them
     config.websocket.login_attempts_per_minute = 10**9
+    # ...and the per-address caps on sockets not logged in yet and on RTMP connections
+    config.websocket.max_unauthenticated_per_address = 10**6
+    config.websocket.max_unauthenticated = 10**6
+    config.rtmp.max_connections_per_address = 10**6
     config.calls.max_per_session = 1000
     for item in sets:
         key, _, value = item.partition("=")
@@ -591,6 +595,7 @@ def main() -> None:
                     "ws_url": f"ws://127.0.0.1:{ws_port}/ws",
                     "rtmp_port": int(rtmp_port),
                     "sip_port": config.sip.listen_port,
+                    "http_port": int(config.http.listen.split(":")[1]),
                     "pid": os.getpid(),
                     "register_hook": transport_send is not None,
                     "gc_variant": variant,
