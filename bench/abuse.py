@@ -205,7 +205,7 @@ def _chunk0(csid: int, length: int, type_id: int, body: bytes, stream_id: int = 
     return header + struct.pack("<I", stream_id) + body
 
 
-async def _rtmp_partial(port: int, chunk_size: int, budget_bytes: int, seconds: float) -> dict:
+async def _rtmp_partial(port: int, chunk_size: int, length: int, budget_bytes: int, seconds: float) -> dict:
     """Handshake, Set Chunk Size, then partial messages on 24 chunk streams until the server
     closes, ``budget_bytes`` are sent or ``seconds`` pass."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -213,7 +213,6 @@ async def _rtmp_partial(port: int, chunk_size: int, budget_bytes: int, seconds: 
     await reader.readexactly(1 + 2 * 1536)
     writer.write(bytes(1536))
     writer.write(_chunk0(2, 4, 1, struct.pack(">I", chunk_size), stream_id=0))
-    length = 1 << 19  # declared 512 KiB each: never completed
     sent, closed, t0 = 0, False, time.monotonic()
     first = b"".join(_chunk0(4 + s, length, 9, b"z" * chunk_size) for s in range(24))
     cont = b"".join(bytes((0xC0 | (4 + s),)) + b"z" * chunk_size for s in range(24))
@@ -241,9 +240,10 @@ async def _rtmp_partial(port: int, chunk_size: int, budget_bytes: int, seconds: 
     return {"sent": sent, "closed_by_gateway": closed, "seconds": round(elapsed, 2)}
 
 
-async def _rtmp_partial_many(ctx: Context, conns: int, chunk_size: int) -> dict:
+async def _rtmp_partial_many(ctx: Context, conns: int, chunk_size: int, length: int = 1 << 19) -> dict:
+    """``length``: each message's declared size (512 KiB by default): never completed."""
     results = await asyncio.gather(
-        *(_rtmp_partial(ctx.rtmp_port, chunk_size, 20_000_000, 15.0) for _ in range(conns)),
+        *(_rtmp_partial(ctx.rtmp_port, chunk_size, length, 20_000_000, 15.0) for _ in range(conns)),
         return_exceptions=True,
     )
     ok = [r for r in results if isinstance(r, dict)]
@@ -266,9 +266,9 @@ async def rtmp_partial_10(ctx: Context) -> dict:
     return await _rtmp_partial_many(ctx, 10, 2)
 
 
-@probe("rtmp-partial128-10", "RTMP: partial messages on 24 chunk streams at chunk size 128, 10 connections")
+@probe("rtmp-partial128-10", "RTMP: partial 60 KB messages on 24 chunk streams at chunk size 128, 10 conns")
 async def rtmp_partial128_10(ctx: Context) -> dict:
-    return await _rtmp_partial_many(ctx, 10, 128)
+    return await _rtmp_partial_many(ctx, 10, 128, length=60_000)
 
 
 @probe("ws-unauth-300", "WebSocket: 300 connections that never log in (held up to 15 s)")
@@ -307,22 +307,32 @@ async def ws_no_read(ctx: Context) -> dict:
 
     sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 4096)
     frame = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}})
-    t0, sent, dropped = time.monotonic(), 0, False
+    t0, sent, outcome = time.monotonic(), 0, "still open after 20 s"
+    stalled_at = None
     while time.monotonic() - t0 < 20 and sent < 2_000_000:
-        for _ in range(200):
-            ws.send_text(frame)
-        sent += 200
+        if stalled_at is None:
+            for _ in range(200):
+                ws.send_text(frame)
+            sent += 200
         try:
-            await asyncio.wait_for(ws.writer.drain(), 2)
-        except (ConnectionError, TimeoutError):
-            dropped = True
+            await asyncio.wait_for(ws.writer.drain(), 1)
+        except ConnectionError:
+            outcome = "dropped by the gateway"
             break
-        if ws.writer.transport.is_closing():
-            dropped = True
+        except TimeoutError:
+            if stalled_at is None:  # the gateway stopped reading us
+                stalled_at = round(time.monotonic() - t0, 1)
+        if ws.writer.transport.is_closing() or ws.reader.at_eof():
+            outcome = "dropped by the gateway"
             break
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01 if stalled_at is not None else 0)
     ws.abort()
-    return {"pings_sent": sent, "dropped_by_gateway": dropped, "seconds": round(time.monotonic() - t0, 1)}
+    return {
+        "pings_sent": sent,
+        "gateway_stopped_reading_after_s": stalled_at,
+        "outcome": outcome,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
 
 
 # --- the runner -----------------------------------------------------------------------------------

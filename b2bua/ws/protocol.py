@@ -91,7 +91,12 @@ def peer_host(peer: str) -> str:
 @implementer(IPushProducer)
 class _SendBuffer:
     """Registered on the transport: Twisted pauses it while the socket's write buffer is over
-    64 KiB (the peer does not read fast enough) and resumes it once the buffer is empty."""
+    64 KiB (the peer does not read fast enough) and resumes it once the buffer is empty.
+
+    While paused we also stop reading from the peer: a client that does not read its answers
+    cannot make us compute more of them (TCP back-pressure bounds its requests, and the CPU they
+    cost, to what fits in the socket buffers). Only what we send on our own (events) can then
+    grow the backlog, up to ``max_send_buffer``."""
 
     __slots__ = ("proto",)
 
@@ -100,13 +105,18 @@ class _SendBuffer:
 
     def pauseProducing(self) -> None:  # noqa: N802
         # Twisted calls this again on every write while the buffer stays full
-        if not self.proto.send_paused:
-            self.proto.send_paused = True
-            self.proto.backlog = 0
+        proto = self.proto
+        if not proto.send_paused:
+            proto.send_paused = True
+            proto.backlog = 0
+            proto.transport.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802
-        self.proto.send_paused = False
-        self.proto.backlog = 0
+        proto = self.proto
+        if proto.send_paused:
+            proto.send_paused = False
+            proto.backlog = 0
+            proto.transport.resumeProducing()
 
     def stopProducing(self) -> None:  # noqa: N802
         pass

@@ -166,3 +166,31 @@ def test_limit_config_is_validated() -> None:
         WebSocketConfig(login_deadline=0)
     with pytest.raises(ConfigError, match="rtmp.max_connections_per_address"):
         RtmpConfig(max_connections_per_address=-1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_of_a_peer_that_does_not_read_are_not_read(limited):
+    """A client that floods requests without reading the answers: once its answers fill the
+    socket, the server stops reading it (back-pressure) instead of computing more answers."""
+    import socket
+
+    server = await limited(max_send_buffer=10_000_000)
+    client = await server.connect()
+    await login(server, client)
+    (proto,) = server.factory.protocols
+    client.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.transport.pauseProducing()
+    frame = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    for _ in range(100):
+        for _ in range(100):
+            client.sendMessage(frame)
+        await _tick()
+        if proto.send_paused:
+            break
+    assert proto.send_paused
+    assert proto.transport not in reactor.getReaders()  # no longer read
+    assert proto.state == proto.STATE_OPEN  # nothing of ours queued beyond the bound: kept
+    client.transport.resumeProducing()
+    await _until(lambda: not proto.send_paused, "the answers to drain")
+    assert proto.transport in reactor.getReaders()
