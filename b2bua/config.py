@@ -44,6 +44,15 @@ class WebSocketConfig:
     # (so that one attacker does not get the gateway's address banned at the PBX, e.g. by fail2ban)
     failed_logins_per_user: int = 5
     failed_login_window: float = 300.0
+    # Limits on sockets that have not logged in (docs/operations.md, "Limits")
+    login_deadline: float = 10.0  # seconds to log in or resume; then close code 4002
+    max_unauthenticated: int = 2000  # sockets not logged in, in total
+    max_unauthenticated_per_address: int = 32  # ... and from one client address
+    max_send_buffer: int = 1048576  # bytes queued for a peer that does not read; then dropped
+
+    def __post_init__(self) -> None:
+        _positive(self, "websocket", "login_deadline", "max_unauthenticated",
+                  "max_unauthenticated_per_address", "max_send_buffer")
 
 
 @dataclass
@@ -105,6 +114,20 @@ class RtmpConfig:
     listen: str = "tcp:1935:backlog=1024"
     app: str = "mp"  # the application name in rtmp://host/APP/KEY
     public_url: str | None = None  # base of push/play URLs; rtmp://<public_host>:1935/<app> when unset
+    max_connections: int = 4096  # RTMP connections in total
+    max_connections_per_address: int = 64  # ... and from one client address
+    max_player_backlog: int = 1000000  # bytes written to a player that does not read; then closed
+
+    def __post_init__(self) -> None:
+        _positive(self, "rtmp", "max_connections", "max_connections_per_address", "max_player_backlog")
+
+
+def _positive(section: object, where: str, *names: str) -> None:
+    """Limits must be numbers above zero (a zero cap would refuse everyone)."""
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{where}.{name}: must be a number above 0, got {value!r}")
 
 
 @dataclass

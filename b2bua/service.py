@@ -22,7 +22,7 @@ from b2bua.metrics import Registry
 from b2bua.rtmp.server import RtmpServerFactory
 from b2bua.rtmp.streams import StreamRegistry
 from b2bua.sip.ua import SipStack
-from b2bua.ws.factory import make_ws_factory
+from b2bua.ws.factory import SocketLimits, WsListenerService, make_ws_factory
 
 log = Logger()
 
@@ -125,15 +125,28 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
 
     top = service.MultiService()
     SipStackService(stack, controller).setServiceParent(top)
-    for listen, scheme in ((config.websocket.listen, "ws"), (config.websocket.tls_listen, "wss")):
+    ws = config.websocket
+    limits = SocketLimits(
+        ws.max_unauthenticated, ws.max_unauthenticated_per_address, metrics, reactor.seconds
+    )
+    for listen, scheme in ((ws.listen, "ws"), (ws.tls_listen, "wss")):
         if not listen:
             continue
-        url = f"{scheme}://{config.public_host}{config.websocket.path}"
-        factory = make_ws_factory(controller, config.websocket, url)
+        url = f"{scheme}://{config.public_host}{ws.path}"
+        factory = make_ws_factory(controller, ws, url, reactor=reactor, limits=limits)
         endpoint = endpoints.serverFromString(reactor, listen)
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        # waits on stop until the sockets are closed, so that their 1001 close frames go out
+        WsListenerService(endpoint, factory).setServiceParent(top)
     if config.rtmp.listen:
-        rtmp = RtmpServerFactory(streams, app=config.rtmp.app, reactor=reactor, metrics=metrics)
+        rtmp = RtmpServerFactory(
+            streams,
+            app=config.rtmp.app,
+            reactor=reactor,
+            metrics=metrics,
+            max_backlog=config.rtmp.max_player_backlog,
+            max_connections=config.rtmp.max_connections,
+            max_connections_per_address=config.rtmp.max_connections_per_address,
+        )
         StreamServerEndpointService(
             endpoints.serverFromString(reactor, config.rtmp.listen), rtmp
         ).setServiceParent(top)

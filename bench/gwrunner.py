@@ -84,6 +84,10 @@ def build_config(pbx: str, sets: list[str]) -> Config:
     # load generators reuse sessions far beyond a person's pace
     config.websocket.calls_per_minute = config.websocket.messages_per_minute = 10**9
     config.websocket.dtmf_per_minute = 10**9
+    # ...and the per-address caps on sockets not logged in yet and on RTMP connections
+    config.websocket.max_unauthenticated_per_address = 10**6
+    config.websocket.max_unauthenticated = 10**6
+    config.rtmp.max_connections_per_address = 10**6
     config.calls.max_per_session = 1000
     for item in sets:
         key, _, value = item.partition("=")
@@ -594,6 +598,7 @@ def main() -> None:
                     "ws_url": f"ws://127.0.0.1:{ws_port}/ws",
                     "rtmp_port": int(rtmp_port),
                     "sip_port": config.sip.listen_port,
+                    "http_port": int(config.http.listen.split(":")[1]),
                     "pid": os.getpid(),
                     "register_hook": transport_send is not None,
                     "gc_variant": variant,

@@ -28,6 +28,19 @@ other commands         ``_error`` NetConnection.Call.Failed when a reply is expe
                        id ≠ 0), else ignored
 =====================  ======================================================================
 
+Memory per connection is bounded by what the connection may do. Until ``publish`` or ``play`` is
+accepted, a message may be 64 KiB and the messages being reassembled on all chunk streams together
+64 KiB (``connect`` and friends are a few hundred bytes; the reader stops after each command, so a
+message pipelined behind an accepted ``publish`` is read under the publisher's limits); then 512 KiB
+per message and 1 MiB together. Beyond it the connection is closed (``buffer_limit``). Set Chunk
+Size below 128 is refused (``bad_input``). Connections are capped in total and per client address
+by the factory.
+
+A ``publish`` or ``play`` that the registry refuses (unknown key, key of the other direction, call
+ended, another publisher live) always gets the same answer, :data:`REFUSED_DESCRIPTION` with the
+command's usual code, so that a client cannot tell an existing key from a made-up one; the reason
+is in the log and in ``mpb2bua_rtmp_refused_total{reason}``.
+
 Acknowledgements are sent every window (the peer's Window Ack Size, or our own 2 500 000 until it
 sends one); Ping Requests are answered. Timeouts: 5 s for the handshake, then 15 s to start
 publishing or playing (re-armed when a stream stops). Any bad input (RtmpError, AMF0 errors,
@@ -73,11 +86,23 @@ _IGNORED = frozenset(
 )
 
 MIN_ACK_WINDOW = 4096  # a peer asking for acks more often than this is ignored (no ack floods)
-# Chunk streams a client may use at once (FFmpeg and librtmp use 2–8). With messages of up to
-# 1 MiB each, this bounds what one connection can make us buffer.
+# Chunk streams a client may use at once (FFmpeg and librtmp use 2–8).
 MAX_CHUNK_STREAMS = 24
-# a live-pusher keyframe is tens of KB; this bounds what one connection can make us buffer
+# a live-pusher keyframe is tens of KB; this bounds one message of a publisher
 MAX_MESSAGE_SIZE = 512 * 1024
+# the messages a publisher may have in reassembly at once (a keyframe interleaved with audio)
+MAX_BUFFERED = 1024 * 1024
+# Before publish/play: connect, createStream, publish... are a few hundred bytes each. This is
+# all an anonymous connection can make us hold (plus one partial chunk of at most this size).
+PRE_STREAM_BUFFER = 64 * 1024
+# Set Chunk Size floor. The spec allows 1, but 128 is the default every client starts from and
+# none is known to lower it; each chunk costs a header parse (~1 µs of Python), so a peer at
+# chunk size 2 makes us spend ~0.5 s of CPU per MB it sends. Refusing below the default keeps the
+# cost of a chunk proportional to what a normal client costs, and costs no real client anything.
+MIN_CHUNK_SIZE = 128
+
+#: The onStatus description of every refused publish/play (see the module docstring).
+REFUSED_DESCRIPTION = "Stream key not accepted."
 
 
 def send_now(transport: Any, data: bytes) -> None:
@@ -129,6 +154,7 @@ class RtmpServerProtocol(Protocol):
     def __init__(self, factory: RtmpServerFactory, conn_id: str) -> None:
         self.factory = factory
         self.conn_id = conn_id
+        self.peer_host = "?"  # the client address the factory counts this connection under
         self.publisher_id = self.player_id = conn_id
         self.state = HANDSHAKE
         self.role: str | None = None  # "publish" or "play" once accepted
@@ -163,6 +189,7 @@ class RtmpServerProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.last_received = self._clock.seconds()
+        self.factory.connection_made(self)
         self._metrics.connections.inc()
         self._timer = self._clock.callLater(self.factory.handshake_timeout, self._timed_out, HANDSHAKE)
 
@@ -173,6 +200,7 @@ class RtmpServerProtocol(Protocol):
         self._cancel_timer()
         self._stop_publishing("disconnected")
         self._stop_playing("disconnected")
+        self.factory.connection_lost(self)
         self._metrics.connections.dec()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -195,25 +223,31 @@ class RtmpServerProtocol(Protocol):
             if self.bytes_received - self._last_ack >= self._ack_window:
                 self._last_ack = self.bytes_received
                 self._write(self._writer.write(rtmp.acknowledgement(self.bytes_received)))
-            for m in messages:
-                t = m.type_id
-                if t == AUDIO or t == VIDEO:
-                    sink = self._media_sink
-                    if sink is None:
-                        sink = self._start_media()
+            while True:
+                for m in messages:
+                    t = m.type_id
+                    if t == AUDIO or t == VIDEO:
+                        sink = self._media_sink
                         if sink is None:
-                            continue
-                    try:
-                        if t == AUDIO:
-                            sink.audio(m.timestamp, m.payload)
-                        else:
-                            sink.video(m.timestamp, m.payload)
-                    except Exception:
-                        self._sink_failed()
-                else:
-                    self._on_message(m)
-                if self.state is CLOSED:
-                    return
+                            sink = self._start_media()
+                            if sink is None:
+                                continue
+                        try:
+                            if t == AUDIO:
+                                sink.audio(m.timestamp, m.payload)
+                            else:
+                                sink.video(m.timestamp, m.payload)
+                        except Exception:
+                            self._sink_failed()
+                    else:
+                        self._on_message(m)
+                    if self.state is CLOSED:
+                        return
+                if not reader.paused:
+                    break
+                messages = reader.feed(b"")  # the rest, read under the limits the commands set
+        except rtmp.BufferLimitError as e:
+            self._drop("buffer_limit", str(e))
         except (RtmpError, amf0.Amf0Error, _BadInput) as e:
             self._bad_input(str(e))
         except Exception as e:
@@ -248,7 +282,11 @@ class RtmpServerProtocol(Protocol):
         self._handshake = None
         self._handshake_leftover = step.leftover
         self._reader = rtmp.ChunkReader(
-            max_message_size=MAX_MESSAGE_SIZE, max_chunk_streams=MAX_CHUNK_STREAMS
+            max_message_size=PRE_STREAM_BUFFER,
+            max_chunk_streams=MAX_CHUNK_STREAMS,
+            max_buffered=PRE_STREAM_BUFFER,
+            min_chunk_size=MIN_CHUNK_SIZE,
+            pause_after_command=True,
         )
         self.state = WAIT_CONNECT
         self._arm_timer(self.factory.idle_timeout, "idle")
@@ -376,13 +414,14 @@ class RtmpServerProtocol(Protocol):
         try:
             pub = self.factory.registry.publish(key, self)
         except StreamRefused as e:
-            self._refuse_publish(e.reason, sid, key, e.description)
+            self._refuse_publish(e.reason, sid, key, REFUSED_DESCRIPTION)
             return
         self.role = "publish"
         self.key = key
         self._sid = sid
         self._publication = pub
         self._media_sink = None
+        self._stream_limits(True)
         self._cancel_timer()
         self._metrics.publishers.inc()
         self._send(rtmp.stream_begin(sid))
@@ -390,7 +429,7 @@ class RtmpServerProtocol(Protocol):
         log.info("RTMP {conn} publishing {key}", conn=self.conn_id, key=key_prefix(key))
 
     def _refuse_publish(self, reason: str, sid: int, key: str, description: str) -> None:
-        self._refused(reason, f"publish {key_prefix(key)}: {description}")
+        self._refused(reason, f"publish {key_prefix(key)}")
         self._send(rtmp.on_status(sid, "error", "NetStream.Publish.BadName", description))
         self._close()
 
@@ -410,6 +449,7 @@ class RtmpServerProtocol(Protocol):
         self._media_sink = None
         self.role = None
         pub.stop(reason, notify)
+        self._stream_limits(False)
         self._metrics.publishers.dec()
         log.info(
             "RTMP {conn} stopped publishing {key}: {reason}",
@@ -439,11 +479,12 @@ class RtmpServerProtocol(Protocol):
         try:
             group = self.factory.registry.play(key)
         except StreamRefused as e:
-            self._refuse_play(e.reason, sid, key, e.description)
+            self._refuse_play(e.reason, sid, key, REFUSED_DESCRIPTION)
             return
         self.role = "play"
         self.key = key
         self._sid = sid
+        self._stream_limits(True)
         self._cancel_timer()
         self._send(rtmp.stream_begin(sid))
         self._send(rtmp.on_status(sid, "status", "NetStream.Play.Reset", "Playing and resetting."))
@@ -465,7 +506,7 @@ class RtmpServerProtocol(Protocol):
         group.attach(self)
 
     def _refuse_play(self, reason: str, sid: int, key: str, description: str) -> None:
-        self._refused(reason, f"play {key_prefix(key)}: {description}")
+        self._refused(reason, f"play {key_prefix(key)}")
         self._send(rtmp.on_status(sid, "error", "NetStream.Play.StreamNotFound", description))
         self._close()
 
@@ -475,6 +516,7 @@ class RtmpServerProtocol(Protocol):
             return
         self._group = None
         self.role = None
+        self._stream_limits(False)
         self._metrics.players.dec()
         log.info(
             "RTMP {conn} stopped playing {key}: {reason}",
@@ -558,6 +600,30 @@ class RtmpServerProtocol(Protocol):
         self._metrics.refused.labels(reason).inc()
         if self.factory.limiter.allow():
             log.info("RTMP {conn} refused {what} ({reason})", conn=self.conn_id, what=what, reason=reason)
+
+    def _stream_limits(self, streaming: bool) -> None:
+        """The chunk reader's limits for a connection that publishes/plays, or not (yet)."""
+        reader = self._reader
+        if reader is None:
+            return
+        reader.pause_after_command = not streaming
+        reader.max_message_size = MAX_MESSAGE_SIZE if streaming else PRE_STREAM_BUFFER
+        reader.max_buffered = MAX_BUFFERED if streaming else PRE_STREAM_BUFFER
+
+    def _drop(self, reason: str, why: str) -> None:
+        """Close the connection for going beyond a memory limit."""
+        self._metrics.refused.labels(reason).inc()
+        if self.factory.limiter.allow():
+            log.warn(
+                "RTMP {conn} closed ({reason}) in state {state}: {why}",
+                conn=self.conn_id,
+                reason=reason,
+                state=self.state,
+                why=why[:200],
+            )
+        self._stop_publishing("error")
+        self._stop_playing("error")
+        self._close(abort=True)
 
     def _bad_input(self, why: str) -> None:
         self._metrics.refused.labels("bad_input").inc()

@@ -9,8 +9,13 @@ Listen with an endpoint, as the rest of the service does::
 Metrics (when a :class:`b2bua.metrics.Registry` is given): ``mpb2bua_rtmp_connections``,
 ``mpb2bua_rtmp_publishers``, ``mpb2bua_rtmp_players`` (gauges),
 ``mpb2bua_rtmp_refused_total{reason}`` (unknown_key, wrong_direction, busy, ended, wrong_app,
-bad_input, handshake_timeout, idle_timeout, slow_player), ``mpb2bua_rtmp_received_bytes_total``
-and ``mpb2bua_rtmp_sent_bytes_total``.
+bad_input, buffer_limit, handshake_timeout, idle_timeout, slow_player, too_many_connections,
+too_many_from_address), ``mpb2bua_rtmp_received_bytes_total`` and ``mpb2bua_rtmp_sent_bytes_total``.
+
+Connections beyond ``max_connections`` in total or ``max_connections_per_address`` from one
+client address are closed at once, before the handshake (the same rule as Twisted's
+``LimitTotalConnectionsFactory`` and ``LimitConnectionsByPeer``, counted here rather than through
+their wrapping factories so that the protocol keeps the real TCP transport that ``send_now`` uses).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
 
 from b2bua.metrics import Registry
 from b2bua.rtmp.protocol import RtmpServerProtocol
 from b2bua.rtmp.streams import StreamRegistry
+
+log = Logger()
 
 DEFAULT_APP = "mp"
 WINDOW_ACK_SIZE = 2_500_000
@@ -32,6 +40,8 @@ HANDSHAKE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 15.0
 MAX_STALL = 5.0  # seconds a player may stay paused (its socket not draining) before it is closed
 MAX_BACKLOG = 1_000_000  # bytes written to a paused player before it is closed
+MAX_CONNECTIONS = 4096
+MAX_CONNECTIONS_PER_ADDRESS = 64
 
 
 class _Null:
@@ -105,6 +115,8 @@ class RtmpServerFactory(ServerFactory):
         chunk_size: int = CHUNK_SIZE,
         max_stall: float = MAX_STALL,
         max_backlog: int = MAX_BACKLOG,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -120,11 +132,45 @@ class RtmpServerFactory(ServerFactory):
         self.chunk_size = chunk_size
         self.max_stall = max_stall
         self.max_backlog = max_backlog
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
         self.limiter = LogLimiter(reactor)
         self.connections: set[RtmpServerProtocol] = set()
+        self.per_address: dict[str, int] = {}
         self._serial = itertools.count(1)
 
-    def buildProtocol(self, addr: IAddress) -> RtmpServerProtocol:  # noqa: N802
+    def buildProtocol(self, addr: IAddress) -> RtmpServerProtocol | None:  # noqa: N802
         host = getattr(addr, "host", "?")
         port = getattr(addr, "port", 0)
-        return RtmpServerProtocol(self, f"rtmp-{next(self._serial)}@{host}:{port}")
+        if len(self.connections) >= self.max_connections:
+            return self._refuse("too_many_connections", host, len(self.connections))
+        n = self.per_address.get(host, 0)
+        if n >= self.max_connections_per_address:
+            return self._refuse("too_many_from_address", host, n)
+        proto = RtmpServerProtocol(self, f"rtmp-{next(self._serial)}@{host}:{port}")
+        proto.peer_host = host
+        return proto
+
+    def _refuse(self, reason: str, host: str, n: int) -> None:
+        """Twisted closes a connection whose factory builds no protocol."""
+        self.metrics.refused.labels(reason).inc()
+        if self.limiter.allow():
+            log.warn("RTMP connection from {host} refused: {reason} ({n} open)", host=host, reason=reason,
+                     n=n)
+        return None
+
+    def connection_made(self, proto: RtmpServerProtocol) -> None:
+        self.connections.add(proto)
+        host = proto.peer_host
+        self.per_address[host] = self.per_address.get(host, 0) + 1
+
+    def connection_lost(self, proto: RtmpServerProtocol) -> None:
+        if proto not in self.connections:
+            return
+        self.connections.discard(proto)
+        host = proto.peer_host
+        n = self.per_address.get(host, 0) - 1
+        if n > 0:
+            self.per_address[host] = n
+        else:
+            self.per_address.pop(host, None)

@@ -99,6 +99,10 @@ class HandshakeError(RtmpError):
     """The peer's C0/C1/C2 are unacceptable."""
 
 
+class BufferLimitError(RtmpError):
+    """The messages being reassembled would hold more memory than the reader's budget allows."""
+
+
 @dataclass(slots=True)
 class Message:
     """One RTMP message. ``timestamp`` is in milliseconds, modulo 2**32."""
@@ -191,7 +195,7 @@ class _InStream:
         "extended",
         "ext_value",
         "remaining",
-        "parts",
+        "buf",
     )
 
     def __init__(self) -> None:
@@ -203,7 +207,9 @@ class _InStream:
         self.extended = False  # the last fmt 0/1/2 header carried an extended timestamp
         self.ext_value = -1  # the last extended timestamp field read
         self.remaining = 0  # bytes still to come of the message in progress (0: none)
-        self.parts: list[bytes] = []
+        # The message in progress: one growing buffer per message, not a list of chunk pieces
+        # (a ``bytes`` object per 2-byte chunk costs ~20 bytes of memory per payload byte).
+        self.buf: bytearray | None = None
 
 
 class ChunkReader:
@@ -221,6 +227,14 @@ class ChunkReader:
 
     ``bytes_received`` counts every byte fed, for Acknowledgement (type 3) against the peer's
     window; ``chunk_size`` is the current inbound chunk size.
+
+    Memory is bounded by three limits the caller may change at any time: ``max_message_size``
+    (one message), ``max_buffered`` (the messages being reassembled on all chunk streams
+    together, counted at their full length from their first chunk on: :class:`BufferLimitError`
+    beyond it) and ``min_chunk_size`` (a smaller Set Chunk Size is an error). With
+    ``pause_after_command`` set, :meth:`feed` stops after each command message (types 20 and 17)
+    and keeps the rest: :attr:`paused` is then true and ``feed(b"")`` goes on, so that a caller can
+    change the limits (e.g. once ``publish`` is accepted) before the next message is read.
     """
 
     def __init__(
@@ -228,11 +242,19 @@ class ChunkReader:
         *,
         max_message_size: int = MAX_MESSAGE_SIZE,
         max_chunk_streams: int = MAX_CHUNK_STREAMS,
+        max_buffered: int | None = None,
+        min_chunk_size: int = 1,
+        pause_after_command: bool = False,
     ) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
         self.max_chunk_streams = max_chunk_streams
+        self.max_buffered = max_chunk_streams * max_message_size if max_buffered is None else max_buffered
+        self.min_chunk_size = min_chunk_size
+        self.pause_after_command = pause_after_command
+        self.paused = False
         self.bytes_received = 0
+        self.reserved = 0  # full length of the messages being reassembled (see max_buffered)
         self._streams: dict[int, _InStream] = {}
         self._buf = bytearray()
         self._need = 1  # do not try to parse until this many bytes are buffered
@@ -246,6 +268,9 @@ class ChunkReader:
         n = len(data)
         self.bytes_received += n
         buf = self._buf
+        if self.paused:
+            self.paused = False
+            self._need = 1
         if buf:
             buf += data
             if len(buf) < self._need:
@@ -253,7 +278,8 @@ class ChunkReader:
             data = bytes(buf)
             buf.clear()
         elif n < self._need:
-            buf += data
+            if n:
+                buf += data
             return []
         elif type(data) is not bytes:
             data = bytes(data)
@@ -358,13 +384,14 @@ class ChunkReader:
                 if h + take > end:
                     self._need = h + take - pos
                     return pos
-                st.parts.append(data[h : h + take])
                 pos = h + take
+                st.buf += data[h:pos]  # type: ignore[operator]
                 st.remaining -= take
                 if st.remaining:
                     continue
-                payload = b"".join(st.parts)
-                st.parts = []
+                payload = bytes(st.buf)  # type: ignore[arg-type]
+                st.buf = None
+                self.reserved -= length
                 timestamp = st.timestamp
             else:
                 # The first chunk of a new message.
@@ -404,29 +431,40 @@ class ChunkReader:
                 st.timestamp = timestamp
                 pos = h + take
                 if take < length:
+                    if self.reserved + length > self.max_buffered:
+                        raise BufferLimitError(
+                            f"message of {length} bytes on chunk stream {csid} would hold "
+                            f"{self.reserved + length} bytes in reassembly (limit {self.max_buffered})"
+                        )
+                    self.reserved += length
                     st.remaining = length - take
-                    st.parts = [data[h:pos]]
+                    st.buf = bytearray(data[h:pos])
                     continue
                 payload = data[h:pos]
             out.append(Message(type_id, stream_id, timestamp, payload))
             if type_id < 3:
                 if type_id == SET_CHUNK_SIZE:
-                    chunk_size = self.chunk_size = _parse_chunk_size(payload)
+                    chunk_size = self.chunk_size = _parse_chunk_size(payload, self.min_chunk_size)
                 elif type_id == ABORT:
                     aborted = streams.get(parse_uint32(payload, "Abort"))
-                    if aborted is not None:
+                    if aborted is not None and aborted.remaining:
                         aborted.remaining = 0
-                        aborted.parts = []
+                        aborted.buf = None
+                        self.reserved -= aborted.length
+            elif (type_id == COMMAND_AMF0 or type_id == COMMAND_AMF3) and self.pause_after_command:
+                if pos < end:
+                    self.paused = True
+                return pos
         self._need = 1
         return pos
 
 
-def _parse_chunk_size(payload: bytes) -> int:
+def _parse_chunk_size(payload: bytes, minimum: int = 1) -> int:
     size = parse_uint32(payload, "Set Chunk Size")
     if size & 0x80000000:
         raise RtmpError(f"Set Chunk Size 0x{size:08x} has the reserved top bit set")
-    if size == 0:
-        raise RtmpError("Set Chunk Size 0")
+    if size < max(1, minimum):
+        raise RtmpError(f"Set Chunk Size {size} is below the minimum of {max(1, minimum)}")
     if size > MAX_CHUNK_SIZE:
         raise RtmpError(f"Set Chunk Size {size} exceeds {MAX_CHUNK_SIZE}")
     return size

@@ -711,3 +711,131 @@ def test_send_now_goes_to_the_socket_and_keeps_order_behind_a_queue() -> None:
     st = StringTransport()  # no socket at all (tests, other transports)
     send_now(st, b"x")
     assert st.value() == b"x"
+
+
+# --- memory and connection limits (issue 12) ----------------------------------------------------------
+
+
+def _partial(streams: int, length: int, chunk_size: int, chunks: int) -> bytes:
+    """Set Chunk Size, then partial messages on ``streams`` chunk streams (issue 12's probe)."""
+    data = chunked(rtmp.set_chunk_size(chunk_size))
+    for i in range(chunks):
+        for s in range(streams):
+            csid = 4 + s
+            if i == 0:
+                lt = (length << 8 | 9).to_bytes(4, "big")
+                header = bytes((csid,)) + b"\x00\x00\x00" + lt + b"\x01\0\0\0"
+            else:
+                header = bytes((0xC0 | csid,))
+            data += header + b"z" * chunk_size
+    return data
+
+
+def test_chunk_size_below_128_closes_the_connection(server: Server) -> None:
+    c = server.connect()
+    c.feed(CLIENT_HELLO + _partial(streams=24, length=100_000, chunk_size=2, chunks=10))
+    assert c.closed and c.proto._reader is not None
+    assert c.proto._reader.reserved == 0
+    assert 'reason="bad_input"' in server.metric("mpb2bua_rtmp_refused")
+
+
+def test_partial_messages_before_publish_are_bounded(server: Server) -> None:
+    """The probe of issue 12 at the allowed chunk size: partial messages on 24 chunk streams
+    before connect. The connection is closed once 64 KiB would be held."""
+    c = server.connect()
+    data = CLIENT_HELLO + _partial(streams=23, length=60_000, chunk_size=128, chunks=100)
+    sent = 0
+    for i in range(0, len(data), 4096):
+        c.feed(data[i : i + 4096])
+        sent = i
+        reader = c.proto._reader
+        assert reader is None or reader.reserved + reader.buffered <= 2 * 64 * 1024
+        if c.closed:
+            break
+    assert c.closed and sent < 20_000
+    assert 'mpb2bua_rtmp_refused_total{reason="buffer_limit"} 1' in server.metric("mpb2bua_rtmp_refused")
+    assert server.clock.getDelayedCalls() == []  # nothing left armed for it
+
+
+def test_big_message_before_publish_is_refused(server: Server) -> None:
+    c = server.connect()
+    c.hello()
+    c.send(Message(rtmp.VIDEO, 1, 0, bytes(70_000)))
+    assert c.closed
+
+
+def test_publisher_limits_apply_from_the_accepted_publish(server: Server) -> None:
+    """A keyframe pipelined right behind `publish` is read under the publisher's limits."""
+    sink = Sink()
+    server.registry.add("upkey", "publish", sink)
+    c = server.connect()
+    c.hello()
+    c.command("createStream", 2.0, None)
+    key = b"\x17\x01\x00\x00\x00" + bytes(300_000)
+    c.send(
+        rtmp.command_message("publish", 0.0, None, "upkey", "live", stream_id=1),
+        Message(rtmp.AUDIO, 1, 0, AAC_HEADER),
+        Message(rtmp.VIDEO, 1, 0, key),
+    )
+    assert not c.closed
+    assert [e[0] for e in sink.events] == ["started", "audio", "video"] and sink.events[2][2] == key
+    # once the stream stops, the anonymous limits are back
+    c.command("deleteStream", 0.0, None, 1.0)
+    c.send(Message(rtmp.VIDEO, 1, 0, key))
+    assert c.closed
+
+
+def test_every_refused_key_gets_the_same_answer(server: Server) -> None:
+    """Unknown key, key of the other direction, ended call, busy key: one code and one text per
+    command, so that a client cannot learn whether a key exists."""
+    server.registry.add("pubkey", "publish", Sink())
+    server.registry.add("playkey", "play")
+    server.registry.add("ended", "play")
+    group = server.registry.group("ended")
+    assert group is not None
+    group.end()
+    live = server.connect()
+    live.start_publish("pubkey")
+    live.send(Message(rtmp.AUDIO, 1, 0, AAC_HEADER))
+
+    def answer(c: Conn) -> tuple[str, str]:
+        last = [m for m in c.messages() if m.type_id == rtmp.COMMAND_AMF0][-1]
+        info = rtmp.parse_command(last).args[0]
+        assert c.closed
+        return info["code"], info["description"]
+
+    published, played = set(), set()
+    for key in ("nosuchkey", "playkey", "pubkey"):
+        c = server.connect()
+        c.start_publish(key)
+        published.add(answer(c))
+    for key in ("nosuchkey", "pubkey", "ended"):
+        c = server.connect()
+        c.start_play(key)
+        played.add(answer(c))
+    assert published == {("NetStream.Publish.BadName", "Stream key not accepted.")}
+    assert played == {("NetStream.Play.StreamNotFound", "Stream key not accepted.")}
+    text = server.metric("mpb2bua_rtmp_refused")
+    for reason in ("unknown_key", "wrong_direction", "busy", "ended"):
+        assert f'reason="{reason}"' in text  # the operator still sees why
+
+
+def test_connection_caps() -> None:
+    server = Server(max_connections=3, max_connections_per_address=2)
+    f = server.factory
+    a1 = f.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+    a2 = f.buildProtocol(IPv4Address("TCP", "10.0.0.1", 2))
+    assert a1 is not None and a2 is not None
+    a1.makeConnection(StringTransport())
+    a2.makeConnection(StringTransport())
+    assert f.buildProtocol(IPv4Address("TCP", "10.0.0.1", 3)) is None  # per address
+    b1 = f.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1))
+    assert b1 is not None
+    b1.makeConnection(StringTransport())
+    assert f.buildProtocol(IPv4Address("TCP", "10.0.0.3", 1)) is None  # in total
+    text = server.metric("mpb2bua_rtmp_refused")
+    assert 'reason="too_many_from_address"} 1' in text and 'reason="too_many_connections"} 1' in text
+    a1.connectionLost()
+    a1.connectionLost()  # counted once
+    assert f.per_address == {"10.0.0.1": 1, "10.0.0.2": 1}
+    assert f.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4)) is not None

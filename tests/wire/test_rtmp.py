@@ -667,3 +667,103 @@ def test_extended_timestamp_omitted_on_continuations() -> None:
         Message(20, 0, 0, b""),
     ]
     assert read_all(data, [1])[0] == got
+
+
+# --- memory bounds (issue 12) ------------------------------------------------------------------------
+
+
+def _partial_messages(streams: int, length: int, chunk_size: int, chunks: int) -> bytes:
+    """Set Chunk Size, then ``chunks`` chunks of a ``length``-byte message on each of ``streams``
+    chunk streams, round-robin: every message stays incomplete (the abuse probe of issue 12)."""
+    data = chunk(0, 2, struct.pack(">I", chunk_size), length=4, type_id=1)
+    for i in range(chunks):
+        for s in range(streams):
+            csid = 4 + s
+            if i == 0:
+                data += chunk(0, csid, b"x" * chunk_size, length=length, type_id=9, stream_id=1)
+            else:
+                data += bytes((0xC0 | csid,)) + b"y" * chunk_size
+    return data
+
+
+def test_partial_messages_cost_about_their_size() -> None:
+    """Chunk size 2, 24 chunk streams of messages each one chunk short of complete: one buffer per
+    message, so the memory held is about the payload received (a list of 2-byte pieces cost ~21
+    bytes of memory per payload byte)."""
+    import tracemalloc
+
+    chunks = 1000
+    data = _partial_messages(streams=24, length=2 * chunks + 2, chunk_size=2, chunks=chunks)
+    reader = ChunkReader(max_chunk_streams=25)  # 24 + the control stream
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(0, len(data), 4096):
+            assert reader.feed(data[i : i + 4096]) == [] or i == 0
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    payload = 24 * chunks * 2
+    assert held < 1.5 * payload, held
+    assert reader.reserved == 24 * (2 * chunks + 2)
+
+
+def test_buffered_messages_beyond_the_budget_are_refused() -> None:
+    reader = ChunkReader(max_chunk_streams=25, max_buffered=64 * 1024, min_chunk_size=128)
+    data = _partial_messages(streams=24, length=4000, chunk_size=128, chunks=2)
+    with pytest.raises(rtmp.BufferLimitError, match=r"limit 65536"):
+        reader.feed(data)
+    assert reader.reserved <= 64 * 1024
+    # within the budget: fine, and completing messages gives the budget back
+    reader = ChunkReader(max_buffered=10_000)
+    body = bytes(range(256)) * 20
+    got = reader.feed(
+        chunk(0, 4, body[:128], length=5000, type_id=9, stream_id=1)
+        + chunk(0, 5, body[:128], length=5000, type_id=9, stream_id=1)
+    )
+    assert got == [] and reader.reserved == 10_000
+    with pytest.raises(rtmp.BufferLimitError):
+        ChunkReader(max_buffered=9_999).feed(chunk(0, 4, body[:128], length=10_000, type_id=9))
+    rest = b"".join(bytes((0xC4,)) + body[i : min(i + 128, 5000)] for i in range(128, 5000, 128))
+    got = reader.feed(rest)
+    assert got == [Message(9, 1, 0, body[:5000])] and reader.reserved == 5000
+
+
+def test_abort_gives_the_budget_back() -> None:
+    reader = ChunkReader(max_buffered=300)
+    reader.feed(chunk(0, 6, b"x" * 128, length=300, type_id=8, stream_id=1))
+    assert reader.reserved == 300
+    reader.feed(chunk(0, 2, b"\x00\x00\x00\x06", length=4, type_id=rtmp.ABORT))
+    assert reader.reserved == 0
+    reader.feed(chunk(0, 7, b"x" * 128, length=300, type_id=8, stream_id=1))  # fits again
+
+
+def test_minimum_chunk_size() -> None:
+    for size, ok in ((127, False), (2, False), (128, True), (4096, True)):
+        data = chunk(0, 2, struct.pack(">I", size), length=4, type_id=1)
+        if ok:
+            assert ChunkReader(min_chunk_size=128).feed(data)[0].type_id == 1
+        else:
+            with pytest.raises(RtmpError, match=f"Set Chunk Size {size} is below the minimum of 128"):
+                ChunkReader(min_chunk_size=128).feed(data)
+
+
+def test_pause_after_command() -> None:
+    """The reader stops after each command, so the caller can change the limits before the
+    message pipelined behind it is read."""
+    w = ChunkWriter()
+    big = bytes(200_000)
+    data = (
+        w.write(rtmp.command_message("publish", 0.0, None, "k", stream_id=1))
+        + w.write(Message(rtmp.AUDIO, 1, 0, b"a"))
+        + w.write(Message(rtmp.VIDEO, 1, 0, big))
+    )
+    reader = ChunkReader(max_message_size=1000, pause_after_command=True)
+    got = reader.feed(data)
+    assert [m.type_id for m in got] == [rtmp.COMMAND_AMF0] and reader.paused
+    reader.max_message_size = 512 * 1024
+    reader.max_buffered = 1 << 20
+    reader.pause_after_command = False
+    got = reader.feed(b"")
+    assert [m.type_id for m in got] == [rtmp.AUDIO, rtmp.VIDEO] and not reader.paused
+    assert got[1].payload == big and reader.bytes_received == len(data)

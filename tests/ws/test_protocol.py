@@ -16,7 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 
 from b2bua.call.controller import Controller
 from b2bua.config import AuthConfig, WebSocketConfig
-from b2bua.ws.factory import make_ws_factory, ws_endpoint_descriptions
+from b2bua.ws.factory import SocketLimits, make_ws_factory, ws_endpoint_descriptions
 from b2bua.ws.protocol import origin_allowed, peer_host
 from tests.call.test_controller import FakeStack
 
@@ -77,16 +77,25 @@ class RawHttp(protocol.Protocol):
 class Server:
     """A listening gateway front (real controller, fake SIP stack) and the clients of one test."""
 
-    def __init__(self) -> None:
-        self.ws_config = WebSocketConfig(
-            listen="tcp:0",
-            path="/ws",
-            max_message_size=1024,
-            allowed_origins=["https://servicewechat.com", "http://localhost:*"],
-        )
+    def __init__(self, clock: Any = None, metrics: Any = None, **ws_options: Any) -> None:
+        options: dict[str, Any] = {
+            "listen": "tcp:0",
+            "path": "/ws",
+            "max_message_size": 1024,
+            "allowed_origins": ["https://servicewechat.com", "http://localhost:*"],
+        }
+        options.update(ws_options)
+        self.ws_config = WebSocketConfig(**options)
         self.stack = FakeStack()
         self.controller = Controller(reactor, self.ws_config, AuthConfig(), self.stack, None, None)
-        self.factory = make_ws_factory(self.controller, self.ws_config, "ws://127.0.0.1/ws")
+        # the login deadline runs on ``clock`` (the factory's reactor); autobahn's own timers and
+        # the sockets on the real reactor
+        limits = SocketLimits(
+            self.ws_config.max_unauthenticated, self.ws_config.max_unauthenticated_per_address, metrics
+        )
+        self.factory = make_ws_factory(
+            self.controller, self.ws_config, "ws://127.0.0.1/ws", reactor=clock, limits=limits
+        )
         self.port: Any = None
         self.port_number = 0
         self.clients: list[RecordingClient] = []
