@@ -35,6 +35,9 @@ class WebSocketConfig:
     grace_period: float = 30.0
     auto_ping_interval: float = 25.0
     login_timeout: float = 40.0  # overall bound on a login's first REGISTER
+    # every request of one socket, ping included: a token bucket with a burst of a sixth of it;
+    # a socket that goes on past the empty bucket for a whole burst is closed (4003)
+    requests_per_minute: int = 600
     # per session, token buckets (a burst of a sixth of the minute's budget, at least 1)
     calls_per_minute: int = 20  # `call`
     messages_per_minute: int = 60  # `message` and `send_info`

@@ -83,7 +83,7 @@ def build_config(pbx: str, sets: list[str]) -> Config:
     config.websocket.login_attempts_per_minute = 10**9
     # load generators reuse sessions far beyond a person's pace
     config.websocket.calls_per_minute = config.websocket.messages_per_minute = 10**9
-    config.websocket.dtmf_per_minute = 10**9
+    config.websocket.dtmf_per_minute = config.websocket.requests_per_minute = 10**9
     # ...and the per-address caps on sockets not logged in yet and on RTMP connections
     config.websocket.max_unauthenticated_per_address = 10**6
     config.websocket.max_unauthenticated = 10**6

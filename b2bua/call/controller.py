@@ -54,6 +54,8 @@ Handler = Callable[["Client", dict[str, Any]], Any]
 CLOSE_REPLACED = 4001
 #: WebSocket close code sent to every client when the node shuts down.
 CLOSE_GOING_AWAY = 1001
+#: WebSocket close code for a socket that keeps sending past its request rate limit.
+CLOSE_RATE_LIMITED = 4003
 
 #: Upper bound on waiting for an un-REGISTER (logout, shutdown), on top of the stack's own.
 STOP_TIMEOUT = 10.0
@@ -94,13 +96,14 @@ class Method:
 class Client:
     """One WebSocket connection as the controller sees it."""
 
-    __slots__ = ("channel", "session", "in_flight", "closed")
+    __slots__ = ("channel", "session", "in_flight", "closed", "refused")
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.session: Session | None = None
         self.in_flight = 0
         self.closed = False
+        self.refused = 0  # requests refused in a row by the socket's rate limit
 
     @property
     def peer_host(self) -> str:
@@ -144,6 +147,15 @@ class Controller:
             burst=max(1, ws_config.failed_logins_per_user),
             max_keys=100_000,
         )
+        # every request of a socket (a ping flood costs the reactor as much as anything)
+        self._request_limit: TokenBucketLimiter | None = None
+        if ws_config.requests_per_minute > 0:
+            self._request_limit = TokenBucketLimiter(
+                ws_config.requests_per_minute,
+                reactor.seconds,
+                burst=max(1.0, ws_config.requests_per_minute / 6),
+                max_keys=1_000_000,
+            )
         # method -> per-session token bucket (what one logged-in client may make the PBX do)
         self._method_limits: dict[str, TokenBucketLimiter] = {}
         for methods, per_minute in (
@@ -201,6 +213,8 @@ class Controller:
             return
         client.closed = True
         self.clients.discard(client)
+        if self._request_limit is not None:
+            self._request_limit.forget(client)
         session = client.session
         if session is None:
             return
@@ -223,6 +237,8 @@ class Controller:
         """Run the request's method; its result or error goes back through ``client.channel``."""
         method = self.methods.get(request.method)
         self._count_request(request.method if method is not None else "unknown")
+        if not self._within_request_rate(client, request):
+            return
         if method is None:
             self.send_error(client, request.id, RpcError("method_not_found"))
             return
@@ -242,6 +258,24 @@ class Controller:
         client.in_flight += 1
         d = maybeDeferred(method.handler, client, request.params)
         d.addCallbacks(self._answer, self._answer_error, (client, request), None, (client, request))
+
+    def _within_request_rate(self, client: Client, request: Request) -> bool:
+        limit = self._request_limit
+        if limit is None or limit.allow(client):
+            client.refused = 0
+            return True
+        client.refused += 1
+        if client.refused == 1:
+            self.log.info("request rate limit hit by {peer}", peer=client.peer_host)
+        if client.refused > max(1.0, self._ws_config.requests_per_minute / 6):
+            # a whole burst more while told to wait: not a client that backs off
+            self.log.warn("closing the socket of {peer}: it keeps flooding requests", peer=client.peer_host)
+            self._count_error("rate_limited")
+            client.channel.close(CLOSE_RATE_LIMITED, "rate_limited")
+            return False
+        retry = round(limit.retry_after(client), 1)
+        self.send_error(client, request.id, RpcError("rate_limited", retry_after=retry))
+        return False
 
     def frame_rejected(self, client: Client | None, error: RpcError) -> None:
         """The protocol answered a frame it could not parse: count it."""

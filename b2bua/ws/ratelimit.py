@@ -70,6 +70,10 @@ class TokenBucketLimiter:
         missing = cost - self._tokens(key, self._clock())
         return max(0.0, missing / self._rate)
 
+    def forget(self, key: Hashable) -> None:
+        """Drop ``key``'s bucket (its owner is gone: a closed socket)."""
+        self._buckets.pop(key, None)
+
     def prune(self, now: float | None = None) -> None:
         """Drop keys whose bucket is full again (they would behave exactly like unknown keys)."""
         if now is None:

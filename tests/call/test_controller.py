@@ -902,3 +902,23 @@ def test_stop_that_fires_synchronously_is_fine(h):
     h.stack.last.stop = lambda: succeed(None)
     rid = h.call(client, "logout")
     assert channel.results[rid] == {}
+
+
+def test_a_socket_flooding_requests_is_told_then_closed():
+    """600 a minute: a burst of 100, then rate_limited answers; a whole burst more of them while
+    told to wait closes the socket (4003), since such a client does not back off."""
+    h = Harness(ws=WebSocketConfig(requests_per_minute=60))  # burst 10
+    c, ch = h.connect()
+    calm, cch = h.connect()
+    rids = [h.call(c, "ping") for _ in range(10)]
+    assert all(rid in ch.results for rid in rids)
+    rid = h.call(c, "ping")
+    assert error_of(ch, rid).reason == "rate_limited" and error_of(ch, rid).data["retry_after"] == 1.0
+    assert h.call(calm, "ping") in cch.results  # per socket
+    h.clock.advance(1)
+    assert h.call(c, "ping") in ch.results  # it waited: the count of refusals starts again
+    for _ in range(10):
+        h.call(c, "ping")
+    assert ch.closed is None
+    h.call(c, "ping")
+    assert ch.closed == (4003, "rate_limited")

@@ -51,7 +51,7 @@ def start_gateway(pbx_host: str, pbx_port: int, **overrides) -> Gateway:
     config.auth.users_source = "none"
     # the tests drive one session far beyond a person's pace; the limits' own tests set them
     config.websocket.calls_per_minute = config.websocket.messages_per_minute = 1_000_000
-    config.websocket.dtmf_per_minute = 1_000_000
+    config.websocket.dtmf_per_minute = config.websocket.requests_per_minute = 1_000_000
     for key, value in overrides.items():
         section, _, name = key.partition("__")
         target = getattr(config, section)

@@ -174,7 +174,8 @@ async def test_requests_of_a_peer_that_does_not_read_are_not_read(limited):
     socket, the server stops reading it (back-pressure) instead of computing more answers."""
     import socket
 
-    server = await limited(max_send_buffer=10_000_000)
+    # no request rate limit here: back-pressure alone
+    server = await limited(max_send_buffer=10_000_000, requests_per_minute=0)
     client = await server.connect()
     await login(server, client)
     (proto,) = server.factory.protocols
