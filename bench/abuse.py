@@ -345,6 +345,9 @@ def start_gateway(kam: Kamailio) -> tuple[subprocess.Popen, dict]:
         f"websocket__max_unauthenticated={defaults.websocket.max_unauthenticated}",
         f"rtmp__max_connections_per_address={defaults.rtmp.max_connections_per_address}",
         f"websocket__login_attempts_per_minute={defaults.websocket.login_attempts_per_minute}",
+    ] + [
+        f"websocket__{key}={getattr(defaults.websocket, key)}"
+        for key in ("requests_per_minute", "calls_per_minute", "messages_per_minute", "dtmf_per_minute")
     ]
     args = [sys.executable, str(ROOT / "bench" / "gwrunner.py"), "--pbx", f"127.0.0.1:{kam.port}"]
     for s in sets:

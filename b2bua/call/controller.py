@@ -271,7 +271,7 @@ class Controller:
             # a whole burst more while told to wait: not a client that backs off
             self.log.warn("closing the socket of {peer}: it keeps flooding requests", peer=client.peer_host)
             self._count_error("rate_limited")
-            client.channel.close(CLOSE_RATE_LIMITED, "rate_limited")
+            client.channel.close(CLOSE_RATE_LIMITED, "rate_limited", stop_reading=True)
             return False
         retry = round(limit.retry_after(client), 1)
         self.send_error(client, request.id, RpcError("rate_limited", retry_after=retry))

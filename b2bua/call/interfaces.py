@@ -112,5 +112,6 @@ class Channel(Protocol):
     def send_event(self, method: str, params: dict[str, Any]) -> None:
         """Send a JSON-RPC notification (dropped silently when the socket is closed)."""
 
-    def close(self, code: int, reason: str) -> None:
-        """Start the WebSocket closing handshake with this close code and reason."""
+    def close(self, code: int, reason: str, stop_reading: bool = False) -> None:
+        """Start the WebSocket closing handshake with this close code and reason; with
+        ``stop_reading``, read nothing more from the peer (a flooder)."""

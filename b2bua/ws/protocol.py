@@ -116,7 +116,8 @@ class _SendBuffer:
         if proto.send_paused:
             proto.send_paused = False
             proto.backlog = 0
-            proto.transport.resumeProducing()
+            if not proto.deaf:
+                proto.transport.resumeProducing()
 
     def stopProducing(self) -> None:  # noqa: N802
         pass
@@ -133,6 +134,7 @@ class JsonRpcServerProtocol(WebSocketServerProtocol):
         self.tcp_host = "?"  # the address the factory counts this socket under (set by buildProtocol)
         self.unauthenticated = False
         self.send_paused = False
+        self.deaf = False  # closed for flooding: never read again
         self.backlog = 0  # bytes queued while paused
         self._client: Client | None = None
         self._deadline: Any = None
@@ -171,6 +173,8 @@ class JsonRpcServerProtocol(WebSocketServerProtocol):
         client = self._client
         if client is None:  # pragma: no cover - autobahn only delivers messages once open
             return
+        if self.state != self.STATE_OPEN:
+            return  # closing: autobahn still hands over what it reads; nothing is answered now
         if isBinary:
             self._reject(RpcError("bad_request", "binary frames are not supported; send JSON text frames"))
             return
@@ -201,10 +205,15 @@ class JsonRpcServerProtocol(WebSocketServerProtocol):
     def send_event(self, method: str, params: dict[str, Any]) -> None:
         self._send(notification_frame(method, params))
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, stop_reading: bool = False) -> None:
         # sendCloseFrame rather than sendClose, which refuses 1001 (going away) from a server.
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        if stop_reading and not self.deaf and self.transport is not None:
+            # a flooder: its frames are not even parsed any more; the close frame still drains
+            # to a peer that reads, and the close handshake timeout aborts one that does not
+            self.deaf = True
+            self.transport.pauseProducing()
 
     # --- helpers ---------------------------------------------------------------------------------
     def _send(self, text: str) -> None:

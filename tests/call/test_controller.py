@@ -99,8 +99,9 @@ class FakeChannel:
         self.events.append((method, params))
         self.frames.append(("event", method))
 
-    def close(self, code, reason) -> None:
+    def close(self, code, reason, stop_reading=False) -> None:
         self.closed = (code, reason)
+        self.stopped_reading = stop_reading
 
 
 @dataclass
@@ -921,4 +922,4 @@ def test_a_socket_flooding_requests_is_told_then_closed():
         h.call(c, "ping")
     assert ch.closed is None
     h.call(c, "ping")
-    assert ch.closed == (4003, "rate_limited")
+    assert ch.closed == (4003, "rate_limited") and ch.stopped_reading

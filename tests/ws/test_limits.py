@@ -195,3 +195,24 @@ async def test_requests_of_a_peer_that_does_not_read_are_not_read(limited):
     client.transport.resumeProducing()
     await _until(lambda: not proto.send_paused, "the answers to drain")
     assert proto.transport in reactor.getReaders()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_flood_is_answered_rate_limited_then_closed_and_no_longer_read(limited):
+    """requests_per_minute 60: a burst of 10 pings answered, then rate_limited answers; a whole
+    burst more of them and the socket is closed with 4003 and not read any more, so the rest
+    of the flood costs the reactor nothing (frames are not even parsed)."""
+    server = await limited(requests_per_minute=60)
+    client = await server.connect()
+    other = await server.connect()
+    frame = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    for _ in range(300):
+        client.sendMessage(frame)
+    _clean, code, reason = await client.closed.addTimeout(TIMEOUT, reactor)
+    assert (code, reason) == (4003, "rate_limited")
+    answers = [json.loads(payload) for payload, _ in client.messages.pending]
+    results = [a for a in answers if "result" in a]
+    refused = [a for a in answers if "error" in a]
+    assert len(results) == 10
+    assert len(refused) == 10 and refused[0]["error"]["data"]["reason"] == "rate_limited"
+    assert (await other.call("ping", rid=9))["id"] == 9  # another socket has its own budget
