@@ -487,8 +487,9 @@ class InviteSession:
         self._restart_session_timer(request)
 
     # == both: requests we send in the dialog =============================================================
-    def hangup(self) -> None:
-        """End the call whatever its state: CANCEL, BYE, or reject an unanswered incoming call."""
+    def hangup(self, reason: str | None = None) -> None:
+        """End the call whatever its state: CANCEL, BYE, or reject an unanswered incoming call.
+        ``reason``: a Reason header value (RFC 3326) for the BYE of a confirmed call."""
         if self.state in ("calling", "early"):
             self.state = "cancelling"
             self._cancel_timer("C")
@@ -502,12 +503,12 @@ class InviteSession:
         elif self.state == "answering":
             self._bye_after_ack = True  # §15: no BYE before the ACK of our 2xx (or its timeout)
         elif self.state == "confirmed":
-            self._send_bye()
+            self._send_bye(reason)
             self._end(None, [], "local", "bye")
 
-    def _send_bye(self) -> None:
+    def _send_bye(self, reason: str | None = None) -> None:
         if self.dialog is not None:
-            self.request("BYE")
+            self.request("BYE", headers=[("Reason", reason)] if reason else ())
 
     def request(
         self,

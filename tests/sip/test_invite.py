@@ -1297,6 +1297,14 @@ def test_refresher_busy_with_another_reinvite_still_ends_a_dead_session():
     assert ended(listener) == [("ended", 408, [], "local", "session timer expired")]
 
 
+def test_hangup_with_a_reason_puts_it_on_the_bye():
+    stack, listener, session = confirmed_uac()
+    session.hangup(reason='FreeSWITCH;cause=604;text="MEDIA_TIMEOUT"')
+    (bye,) = stack.sent("BYE")
+    assert bye.headers.get("Reason") == 'FreeSWITCH;cause=604;text="MEDIA_TIMEOUT"'
+    assert ended(listener) == [("ended", None, [], "local", "bye")]
+
+
 def test_hangup_while_2xx_is_unacknowledged_waits_for_the_ack_then_byes():
     stack, listener, session, txn = incoming([("Session-Expires", "120;refresher=uac")])
     session.answer(ANSWER)
