@@ -168,3 +168,20 @@ def test_a_failing_call_does_not_stop_the_others():
     h.run(6)
     assert [c for c, _, _ in h.ended] == [good]
     assert len(h.watchdog) == 0
+
+
+def test_config_keys_and_the_shipped_file():
+    from pathlib import Path
+
+    import pytest
+
+    from b2bua.config import ConfigError, MediaConfig, load_config
+
+    assert (MediaConfig().rtp_timeout, MediaConfig().rtp_hold_timeout) == (60.0, 0.0)
+    with pytest.raises(ConfigError, match="media.rtp_timeout"):
+        MediaConfig(rtp_timeout=-1)
+    with pytest.raises(ConfigError, match="media.rtp_hold_timeout"):
+        MediaConfig(rtp_hold_timeout=-5)
+    shipped = load_config(Path(__file__).resolve().parents[2] / "etc" / "mpb2bua.yaml")
+    assert (shipped.media.rtp_timeout, shipped.media.rtp_hold_timeout) == (60.0, 0.0)
+    assert shipped.sip.session_expires == 1800

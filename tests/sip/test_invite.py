@@ -431,6 +431,16 @@ def test_timer_c_must_be_positive():
             SipConfig(timer_c=bad)
 
 
+def test_session_expires_is_off_or_at_least_min_se():
+    from b2bua.config import ConfigError, SipConfig
+
+    assert SipConfig().session_expires == 1800
+    assert SipConfig(session_expires=0).session_expires == 0
+    for bad in (-1, 30, 89, 86401):
+        with pytest.raises(ConfigError, match="sip.session_expires"):
+            SipConfig(session_expires=bad)
+
+
 def test_uac_200_crossing_cancel_is_acked_and_byed():
     stack, listener, session = outgoing()
     invite = stack.sent("INVITE")[0]
