@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 from twisted.internet.task import Clock
 
+from b2bua.call.calls import Call
 from b2bua.call.watchdog import RtpWatchdog
+from b2bua.config import ConfigError, MediaConfig, load_config
 
 PBX = ("10.0.0.9", 5000)
 
@@ -171,12 +177,6 @@ def test_a_failing_call_does_not_stop_the_others():
 
 
 def test_config_keys_and_the_shipped_file():
-    from pathlib import Path
-
-    import pytest
-
-    from b2bua.config import ConfigError, MediaConfig, load_config
-
     assert (MediaConfig().rtp_timeout, MediaConfig().rtp_hold_timeout) == (60.0, 0.0)
     with pytest.raises(ConfigError, match="media.rtp_timeout"):
         MediaConfig(rtp_timeout=-1)
@@ -185,3 +185,31 @@ def test_config_keys_and_the_shipped_file():
     shipped = load_config(Path(__file__).resolve().parents[2] / "etc" / "mpb2bua.yaml")
     assert (shipped.media.rtp_timeout, shipped.media.rtp_hold_timeout) == (60.0, 0.0)
     assert shipped.sip.session_expires == 1800
+
+
+def call_with(direction="sendrecv", on_hold=False, held=False, remote_held=False, bridge=None):
+    """A Call as the watchdog sees it, with only what media_state/media_packets read."""
+    call = Call.__new__(Call)
+    audio = SimpleNamespace(
+        direction=direction, on_hold=on_hold, remote_addr=PBX[0], remote_port=PBX[1],
+        receives=direction in ("sendrecv", "recvonly"),
+    )
+    call.media = SimpleNamespace(negotiated=SimpleNamespace(audio=audio))
+    call.held, call.remote_held, call.bridge = held, remote_held, bridge
+    return call
+
+
+def test_call_media_state_follows_hold_and_sdp_direction():
+    assert call_with().media_state() == (True, PBX)
+    assert call_with(direction="sendonly", held=True).media_state()[0] is False  # we hold
+    assert call_with(direction="recvonly", on_hold=True, remote_held=True).media_state()[0] is False
+    assert call_with(direction="inactive").media_state()[0] is False
+    assert call_with(remote_held=True).media_state()[0] is False  # their a=sendonly: hold limit
+    no_sdp = call_with()
+    no_sdp.media.negotiated = None
+    assert no_sdp.media_state() == (False, ())
+
+
+def test_call_media_packets_reads_the_bridge_counter():
+    assert call_with().media_packets() == 0
+    assert call_with(bridge=SimpleNamespace(packets_in=42)).media_packets() == 42
