@@ -89,10 +89,17 @@ class SipConfig:
     user_agent: str = "mpb2bua"
     t1: float = 0.5
     timer_c: float = 180.0  # an outgoing INVITE with no response for this long after a 1xx is given up
+    # RFC 4028 session interval asked for in our INVITEs and in our 2xx to a PBX that supports
+    # timers without asking (s, >= 90); 0 = ask for none (a PBX's own request is still honoured)
+    session_expires: int = 1800
 
     def __post_init__(self) -> None:
         if not self.timer_c > 0:
             raise ConfigError(f"sip.timer_c: must be more than 0 seconds, got {self.timer_c!r}")
+        if self.session_expires != 0 and not 90 <= self.session_expires <= 86400:
+            raise ConfigError(
+                f"sip.session_expires: 0 (off) or 90 to 86400 seconds, got {self.session_expires!r}"
+            )
 
 
 @dataclass
@@ -110,6 +117,17 @@ class MediaConfig:
     uplink_buffer_ms: int = 10
     uplink_buffer_max_ms: int = 100
     dtmf: str = "auto"  # auto: RFC 4733 when negotiated, else SIP INFO; or always "rfc4733" / "info"
+    # a call up (answered) that receives no RTP nor RTCP from the PBX for this long is ended with
+    # BYE and `hangup` MEDIA_TIMEOUT (s; 0 = off); rtp_hold_timeout applies instead while the
+    # call is on hold either way or the SDP says the PBX sends nothing (FreeSWITCH sends no RTP
+    # to a party that holds)
+    rtp_timeout: float = 60.0
+    rtp_hold_timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("rtp_timeout", "rtp_hold_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"media.{name}: seconds, 0 (off) or more, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -18,12 +18,13 @@ from twisted.logger import Logger
 
 from b2bua.call.ringing import RingGroup
 from b2bua.call.session import ACTIVE, DETACHED, Session
+from b2bua.call.watchdog import RtpWatchdog
 from b2bua.media.bridge import AudioBridge
 from b2bua.media.leg import MediaLeg, MediaNegotiationError
 from b2bua.media.ports import NoPortsAvailable, PortPool
 from b2bua.media.tick import MediaClock
 from b2bua.rtmp.streams import StreamRegistry
-from b2bua.sip.causes import cause_from_reason, cause_from_sip_status, parse_reason_header
+from b2bua.sip.causes import cause_from_reason, cause_from_sip_status, parse_reason_header, reason_header
 from b2bua.sip.dialog import DialogError
 from b2bua.sip.invite import InviteSession, InviteStateError
 from b2bua.wire.sip import Request, Response, make_response
@@ -72,6 +73,7 @@ class Call:
         self.bridge: AudioBridge | None = None
         self.no_answer = False  # set when outbound_timeout cancels the call
         self._bad_sdp: str | None = None  # why we hung up on an unusable SDP answer
+        self.media_timeout: str | None = None  # why the watchdog ended it ("no RTP for 60 s")
         self.players = None  # the play key's PlayerGroup
         self.ring_group: RingGroup | None = None  # inbound, until answered: the user's other sessions
         self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
@@ -111,6 +113,7 @@ class Call:
                 return
         self.state = "active"
         self.start_media()
+        self.manager.watchdog.watch(self)  # from the answer on, no media for too long ends it
         self.manager.m_answered.inc()
         # what the answer negotiated, not what was asked for: a PBX without H.264 answers m=video 0
         video = self.media.has_video if self.with_video else None
@@ -142,6 +145,8 @@ class Call:
         reason = self._bad_sdp or _reason_text(reason_headers) or why
         if self._bad_sdp:
             cause = "INCOMPATIBLE_DESTINATION"
+        elif self.media_timeout and by == "local":
+            cause, reason = "MEDIA_TIMEOUT", self.media_timeout
         # a status we decided ourselves (no ACK, session timer) was never received: not reported
         received = not (by == "local" and why in _LOCAL_DECISIONS)
         sip_status = status if status and status >= 300 and received else None
@@ -245,6 +250,21 @@ class Call:
         self.bridge = None
         return stats
 
+    # the dead-call watchdog's view (b2bua/call/watchdog.py)
+    def media_packets(self) -> int:
+        return self.bridge.packets_in if self.bridge is not None else 0
+
+    def media_state(self) -> tuple[bool, tuple]:
+        """RTP is due unless the call is on hold either way or the SDP says the far end sends
+        none (a=sendonly from us, a=inactive/recvonly from it); its media address too, since a
+        re-INVITE that moves the media restarts the count."""
+        negotiated = self.media.negotiated
+        if negotiated is None:
+            return False, ()
+        audio = negotiated.audio
+        expects = audio.receives and not audio.on_hold and not self.held and not self.remote_held
+        return expects, (audio.remote_addr, audio.remote_port)
+
     def _dtmf_received(self, digit: str) -> None:
         self.event("dtmf", digits=digit, via="rfc4733")
 
@@ -306,6 +326,7 @@ class CallManager:
         self.config = config
         self.calls: dict[str, Call] = {}
         media = config.media
+        self.watchdog = RtpWatchdog(reactor, media.rtp_timeout, media.rtp_hold_timeout, self._media_timeout)
         rtp_host = media.rtp_host or config.sip.listen_host
         self.ports = PortPool(reactor, rtp_host, media.rtp_port_min, media.rtp_port_max)
         self.sdp_host = media.sdp_host or config.sip.public_host or rtp_host
@@ -381,11 +402,21 @@ class CallManager:
 
     def forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        self.watchdog.unwatch(call)
         call.stop_media()
         self.streams.remove(call.media.push_key)
         self.streams.remove(call.media.play_key)
         call.media.close()
         call.players = None  # the group's callbacks point back at the call: no cycle to collect
+
+    def _media_timeout(self, call: Call, reason: str) -> None:
+        """The watchdog found an answered call without media for too long: BYE (with the Reason
+        FreeSWITCH would send) and `hangup` MEDIA_TIMEOUT."""
+        if call.invite is None or call.invite.state != "confirmed":
+            return
+        log.info("call {call}: {reason}: hanging up (MEDIA_TIMEOUT)", call=call.id, reason=reason)
+        call.media_timeout = reason
+        call.invite.hangup(reason=reason_header("MEDIA_TIMEOUT"))
 
     def record_media(self, stats) -> None:
         self.m_rtp.labels("out").inc(stats.rtp_sent)

@@ -116,6 +116,9 @@ class AudioBridge:
         self.clock = clock
         self.stats = LegStats()
         self.closed = False
+        # datagrams from the far end's address (RTP or RTCP, audio or video, even unparsable):
+        # what the dead-call watchdog (b2bua/call/watchdog.py) reads
+        self.packets_in = 0
         self.sender = RtpSender()  # kept across re-INVITEs: same SSRC and sequence (RFC 3550)
         self.uplink = AdaptiveTarget(
             uplink_buffer_ms,
@@ -384,6 +387,7 @@ class AudioBridge:
         if is_rtcp(data):  # rtcp-mux
             self._rtcp_in(data, addr)
             return
+        self.packets_in += 1
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -472,6 +476,7 @@ class AudioBridge:
         if addr[0] != self.audio.remote_addr:
             self.stats.rtp_foreign += 1
             return
+        self.packets_in += 1
         if self.media.audio_rtcp.remote != addr and not self.audio.rtcp_mux:
             self.media.audio_rtcp.remote = addr
         try:
@@ -537,6 +542,7 @@ class AudioBridge:
         if is_rtcp(data):
             self._rtcp_in(data, addr)
             return
+        self.packets_in += 1
         try:
             packet = RtpPacket.parse(data)
         except RtpError:

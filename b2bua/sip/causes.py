@@ -29,6 +29,7 @@ __all__ = [
     "cause_from_reason",
     "cause_from_sip_status",
     "parse_reason_header",
+    "reason_header",
     "sip_status_for_cause",
 ]
 
@@ -215,6 +216,15 @@ def sip_status_for_cause(name: str) -> int:
 
 
 # --- Reason header (RFC 3326) -------------------------------------------------------------------------
+
+def reason_header(name: str) -> str:
+    """The Reason value FreeSWITCH puts on a BYE it sends for cause ``name``: Q.850 for the ISDN
+    causes (1..127), its own protocol token for the others (e.g. 604 ``MEDIA_TIMEOUT``), which
+    FreeSWITCH reads back as the cause of the call it receives the BYE on."""
+    number = CAUSE_NUMBERS[name]
+    protocol = "Q.850" if 0 < number < 128 else "FreeSWITCH"
+    return f'{protocol};cause={number};text="{name}"'
+
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _GEN_VALUE = re.compile(r"""("(?:[^"\\]|\\.)*")|[A-Za-z0-9\-.!%*_+`'~:\[\]]+""")

@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 SDP = "application/sdp"
-MIN_SE = 90
-DEFAULT_SESSION_EXPIRES = 1800
+MIN_SE = 90  # RFC 4028 §4: the smallest session interval allowed
 # FreeSWITCH (mod_sofia) reads X-FS-Support from the INVITE it receives and from the 180/183/200
 # to an INVITE it sent; "send_info" lets uuid_send_info and the send_info application reach us
 # without fs_send_unsupported_info=true. Not "update_display": that makes it send INFOs of type
@@ -92,6 +91,8 @@ class InviteSession:
         self._reinvite: Deferred | None = None
         self.session_expires: int | None = None
         self.refresher: str | None = None
+        self._se_ask = 0  # the Session-Expires our INVITE asks for (0: none; a 422 raises it)
+        self._min_se = MIN_SE
         self.to_uri = ""
         self._extra: list[tuple[str, str]] = []
         self._call_id = ""
@@ -132,6 +133,7 @@ class InviteSession:
         session._extra = list(headers)
         session._call_id = f"{secrets.token_hex(12)}@mpb2bua"
         session._cseq = random.randint(1, 10000)
+        session._se_ask = _session_expires_config(stack)
         return session
 
     def start(self) -> None:
@@ -152,6 +154,11 @@ class InviteSession:
         )
         self._add_common(request)
         request.headers.add("Supported", "timer")
+        if self._se_ask:
+            # RFC 4028 §7.1: ask for a session timer, the UAS picks the refresher; a dead PBX
+            # then ends the call instead of leaving it up and silent
+            request.headers.add("Session-Expires", str(self._se_ask))
+            request.headers.add("Min-SE", str(self._min_se))
         request.headers.add(*FS_SUPPORT)
         for name, value in self._extra:
             request.headers.add(name, value)
@@ -198,6 +205,8 @@ class InviteSession:
             self._on_2xx(response)
             return
         self._txn = None
+        if status == 422 and self.state in ("calling", "early") and self._retry_min_se(response):
+            return
         if status in (401, 407) and self.state in ("calling", "early"):
             name = "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
             try:
@@ -290,6 +299,16 @@ class InviteSession:
         # §16.8: without a provisional response it is as if a 408 had come (Timer B ends the
         # transaction); the caller is told now, whatever the CANCEL brings
         self._end(408, [], "local", "no progress")
+
+    def _retry_min_se(self, response: Response) -> bool:
+        """RFC 4028 §7.4: a 422 names the smallest interval the far end takes: ask again with it
+        (only ever upwards, so this ends)."""
+        value = (response.headers.get("Min-SE") or "").partition(";")[0].strip()
+        if not self._se_ask or not value.isdigit() or int(value) <= self._se_ask:
+            return False
+        self._se_ask = self._min_se = int(value)
+        self._send_invite()
+        return True
 
     # == UAS ==============================================================================================
     @classmethod
@@ -468,8 +487,9 @@ class InviteSession:
         self._restart_session_timer(request)
 
     # == both: requests we send in the dialog =============================================================
-    def hangup(self) -> None:
-        """End the call whatever its state: CANCEL, BYE, or reject an unanswered incoming call."""
+    def hangup(self, reason: str | None = None) -> None:
+        """End the call whatever its state: CANCEL, BYE, or reject an unanswered incoming call.
+        ``reason``: a Reason header value (RFC 3326) for the BYE of a confirmed call."""
         if self.state in ("calling", "early"):
             self.state = "cancelling"
             self._cancel_timer("C")
@@ -483,12 +503,12 @@ class InviteSession:
         elif self.state == "answering":
             self._bye_after_ack = True  # §15: no BYE before the ACK of our 2xx (or its timeout)
         elif self.state == "confirmed":
-            self._send_bye()
+            self._send_bye(reason)
             self._end(None, [], "local", "bye")
 
-    def _send_bye(self) -> None:
+    def _send_bye(self, reason: str | None = None) -> None:
         if self.dialog is not None:
-            self.request("BYE")
+            self.request("BYE", headers=[("Reason", reason)] if reason else ())
 
     def request(
         self,
@@ -604,15 +624,24 @@ class InviteSession:
     # == session timers (RFC 4028) ========================================================================
     def _add_session_timer_answer(self, response: Response, refresh: Request | None = None) -> None:
         request = refresh or self.invite
-        value = request.headers.get("Session-Expires")
-        if not value:
-            return
-        interval, refresher = _parse_session_expires(value)
-        if interval is None:
-            return
         supported = "timer" in (request.headers.get("Supported") or "").replace(" ", "").split(",")
-        if refresher is None:
-            refresher = "uac" if supported else "uas"
+        value = request.headers.get("Session-Expires")
+        if value:
+            interval, refresher = _parse_session_expires(value)
+            if interval is None:
+                return
+            if refresher is None:
+                refresher = "uac" if supported else "uas"
+        elif supported and (self.session_expires or _session_expires_config(self.stack)):
+            # §9: the caller supports timers but asks for none: we may ask in our 2xx. The
+            # caller (the PBX) refreshes; if it dies, no refresh comes and the call ends.
+            interval = self.session_expires or _session_expires_config(self.stack)
+            min_se = (request.headers.get("Min-SE") or "").partition(";")[0].strip()
+            if min_se.isdigit():
+                interval = max(interval, int(min_se))
+            refresher = "uac"
+        else:
+            return
         self.session_expires = max(interval, MIN_SE)
         # kept relative to the first INVITE; the remote is the UAC of a refresh it sends
         self.refresher = _flip(refresher) if refresh is not None and self.role == "uac" else refresher
@@ -638,9 +667,10 @@ class InviteSession:
     def _arm_session_timer(self) -> None:
         interval = self.session_expires
         if self.refresher == self._we_are:
-            self._timer("session", interval / 2, self._refresh_session)
-        else:
-            self._timer("session", interval - min(32, interval / 3), self._session_expired)
+            self._timer("refresh", interval / 2, self._refresh_session)
+        # §10: the session ends without a successful refresh, whoever was to send it: a refresh
+        # of ours that failed (500, 488 …) or could not go out does not keep a dead call up
+        self._timer("session", interval - min(32, interval / 3), self._session_expired)
 
     def _refresh_session(self) -> None:
         if self.state == "confirmed" and self.local_sdp is not None and self._reinvite is None:
@@ -780,6 +810,12 @@ def _parse_session_expires(value: str) -> tuple[int | None, str | None]:
         if name.strip().lower() == "refresher" and v.strip().lower() in ("uac", "uas"):
             refresher = v.strip().lower()
     return int(head), refresher
+
+
+def _session_expires_config(stack: SipStack) -> int:
+    """The session interval we ask for (``sip.session_expires``; 0: none), never below Min-SE."""
+    value = stack.config.session_expires
+    return max(value, MIN_SE) if value > 0 else 0
 
 
 def _flip(refresher: str | None) -> str | None:

@@ -147,6 +147,11 @@ def test_rtp_from_another_host_is_counted_and_ignored():
     bridge._rtp_in(b"garbage", FAR)
     assert bridge.stats.rtp_foreign == 1 and bridge.stats.rtp_bad == 1 and bridge.stats.rtp_received == 0
     assert leg.audio_rtp.remote is None  # nothing latched: our RTP still goes to the SDP address
+    # the dead-call watchdog's counter: the far end's datagrams only (even unparsable ones)
+    assert bridge.packets_in == 1
+    bridge._rtcp_in(b"\x80\xc9\x00\x01\x00\x00\x00\x01", FAR)  # an empty receiver report
+    bridge._rtcp_in(b"\x80\xc9\x00\x01\x00\x00\x00\x01", ("10.9.9.9", 5001))
+    assert bridge.packets_in == 2
 
 
 def test_a_smaller_uplink_buffer_starts_sooner_and_keeps_less():

@@ -503,6 +503,13 @@ class Sipp:
 
     close = stop
 
+    def kill(self) -> None:
+        """SIGKILL, as a PBX killed with ``kill -9``: no BYE, no more RTP. The contact stays
+        registered until :meth:`stop`."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._signal(self._proc, signal.SIGKILL)
+            self._proc.wait(3.0)
+
     def __enter__(self) -> Sipp:
         return self.start()
 

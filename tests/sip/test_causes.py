@@ -298,3 +298,11 @@ def test_cause_from_reason_skips_garbage_and_unknown_numbers():
     assert cause_from_reason(["Q.850;cause=487"]) is None  # not a Q.850 number
     assert cause_from_reason(['Q.850;text="unterminated', "Q.850;cause=18"]) == "NO_USER_RESPONSE"
     assert cause_from_reason(["Q.850"]) is None
+
+
+def test_reason_header_is_what_freeswitch_sends_and_reads_back():
+    from b2bua.sip.causes import reason_header
+
+    assert reason_header("NORMAL_CLEARING") == 'Q.850;cause=16;text="NORMAL_CLEARING"'
+    assert reason_header("MEDIA_TIMEOUT") == 'FreeSWITCH;cause=604;text="MEDIA_TIMEOUT"'
+    assert cause_from_reason([reason_header("MEDIA_TIMEOUT")]) == "MEDIA_TIMEOUT"

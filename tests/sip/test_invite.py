@@ -54,7 +54,7 @@ class FakeStack:
 
     def __init__(self):
         self.reactor = Clock()
-        self.config = SimpleNamespace(t1=T1, timer_c=TIMER_C)
+        self.config = SimpleNamespace(t1=T1, timer_c=TIMER_C, session_expires=0)
         self.requests = []  # (request, on_response, target) through send_request
         self.raw = []  # (message, target, time) through send (retransmissions)
         self.dialogs = {}
@@ -429,6 +429,16 @@ def test_timer_c_must_be_positive():
     for bad in (0, -1.0):
         with pytest.raises(ConfigError, match="timer_c"):
             SipConfig(timer_c=bad)
+
+
+def test_session_expires_is_off_or_at_least_min_se():
+    from b2bua.config import ConfigError, SipConfig
+
+    assert SipConfig().session_expires == 1800
+    assert SipConfig(session_expires=0).session_expires == 0
+    for bad in (-1, 30, 89, 86401):
+        with pytest.raises(ConfigError, match="sip.session_expires"):
+            SipConfig(session_expires=bad)
 
 
 def test_uac_200_crossing_cancel_is_acked_and_byed():
@@ -1176,6 +1186,133 @@ def test_uac_not_refresher_stays_so_after_the_remote_refreshes():
     stack.reactor.advance(0.01)
     assert ended(listener) == [("ended", 408, [], "local", "session timer expired")]
     assert no_timers(stack)
+
+
+def outgoing_asking(session_expires=1800):
+    stack, listener = FakeStack(), Listener()
+    stack.config.session_expires = session_expires
+    session = InviteSession.outgoing(stack, make_reg(), "sip:2000@pbx.example", OFFER, listener)
+    session.start()
+    return stack, listener, session
+
+
+def test_uac_invite_asks_for_a_session_timer():
+    """A session timer whenever the PBX supports one: our INVITE asks (RFC 4028 §7.1), the UAS
+    picks the refresher; with sip.session_expires 0 it asks for none."""
+    stack, listener, session = outgoing_asking(1800)
+    (invite,) = stack.sent("INVITE")
+    assert "timer" in invite.headers.get("Supported")
+    assert invite.headers.get("Session-Expires") == "1800"
+    assert invite.headers.get("Min-SE") == "90"
+    stack, listener, session = outgoing_asking(0)
+    assert "Session-Expires" not in stack.sent("INVITE")[0].headers
+
+
+def test_uac_422_asks_again_with_the_far_ends_min_se():
+    stack, listener, session = outgoing_asking(100)
+    first = stack.sent("INVITE")[0]
+    stack.respond("INVITE", 422, [("Min-SE", "600")])
+    second = stack.sent("INVITE")[1]
+    assert second.cseq == (first.cseq[0] + 1, "INVITE") and second.call_id == first.call_id
+    assert second.headers.get("Session-Expires") == "600" and second.headers.get("Min-SE") == "600"
+    assert ended(listener) == []
+    # a 422 that asks for no more than we did is final (no loop)
+    stack.respond("INVITE", 422, [("Min-SE", "600")])
+    assert len(stack.sent("INVITE")) == 2
+    assert ended(listener) == [("ended", 422, [], "remote", "rejected")]
+    assert no_timers(stack)
+
+
+def test_uac_session_timer_chosen_by_the_uas_expires_without_refresh():
+    stack, listener, session = outgoing_asking(1800)
+    answer_2xx(stack, extra=[("Session-Expires", "1800;refresher=uas"), ("Require", "timer")])
+    assert session.state == "confirmed"
+    run_until(stack.reactor, 1800 - 32 - 0.01)
+    assert len(stack.sent("INVITE")) == 1 and stack.sent("BYE") == []  # the PBX refreshes, not us
+    run_until(stack.reactor, 1800 - 32)
+    assert len(stack.sent("BYE")) == 1
+    assert ended(listener) == [("ended", 408, [], "local", "session timer expired")]
+    assert no_timers(stack)
+
+
+def test_uac_2xx_without_session_expires_has_no_session_timer():
+    """§7.2: the UAS did not take the timer: there is none, whatever we asked for."""
+    stack, listener, session = outgoing_asking(1800)
+    answer_2xx(stack)
+    assert session.state == "confirmed" and no_timers(stack)
+
+
+def test_uas_asks_for_a_session_timer_when_the_pbx_supports_them_without_asking():
+    """RFC 4028 §9: an INVITE with Supported: timer and no Session-Expires (the PBX can do them
+    but asks for none): our 2xx asks, the PBX refreshes; no refresh ends the call."""
+    stack, listener, session, txn = incoming([("Supported", "timer, 100rel")])
+    stack.config.session_expires = 1800
+    session.answer(ANSWER)
+    ok = txn.responses[0]
+    assert ok.headers.get("Session-Expires") == "1800;refresher=uac"
+    assert ok.headers.get("Require") == "timer"
+    ack(session, 1)
+    run_until(stack.reactor, 1000)
+    r = deliver(session, "UPDATE", 2, headers=[("Session-Expires", "1800;refresher=uac")])
+    assert r.statuses == [200] and r.responses[0].headers.get("Session-Expires") == "1800;refresher=uac"
+    run_until(stack.reactor, 1000 + 1800 - 32 - 0.01)
+    assert session.state == "confirmed" and stack.sent("INVITE") == []
+    run_until(stack.reactor, 1000 + 1800 - 32)
+    assert len(stack.sent("BYE")) == 1
+    assert ended(listener) == [("ended", 408, [], "local", "session timer expired")]
+    assert no_timers(stack)
+
+
+def test_uas_timer_asked_for_respects_the_callers_min_se():
+    stack, listener, session, txn = incoming([("Supported", "timer"), ("Min-SE", "2400")])
+    stack.config.session_expires = 1800
+    session.answer(ANSWER)
+    assert txn.responses[0].headers.get("Session-Expires") == "2400;refresher=uac"
+
+
+def test_uas_asks_for_no_timer_when_the_pbx_does_not_support_them():
+    stack, listener, session, txn = incoming()
+    stack.config.session_expires = 1800
+    session.answer(ANSWER)
+    ok = txn.responses[0]
+    assert "Session-Expires" not in ok.headers and "Require" not in ok.headers
+    ack(session, 1)
+    assert no_timers(stack)
+
+
+def test_refresher_whose_refresh_fails_ends_the_call_at_expiry():
+    """We refresh at half the interval; a refresh refused (500, not 408/481) does not keep the
+    session alive: without a successful refresh it ends at the interval (§10), BYE sent."""
+    stack, listener, session = confirmed_uac(extra=[("Session-Expires", "90;refresher=uac")])
+    run_until(stack.reactor, 45)
+    assert len(stack.sent("INVITE")) == 2
+    stack.respond("INVITE", 500, to_tag="rtag")
+    assert session.state == "confirmed"
+    run_until(stack.reactor, 60 - 0.01)
+    assert stack.sent("BYE") == []
+    run_until(stack.reactor, 60)
+    assert len(stack.sent("BYE")) == 1
+    assert ended(listener) == [("ended", 408, [], "local", "session timer expired")]
+    assert no_timers(stack)
+
+
+def test_refresher_busy_with_another_reinvite_still_ends_a_dead_session():
+    """A hold re-INVITE outstanding when the refresh is due (the PBX died): the refresh is not
+    sent, and the session still ends at expiry instead of staying up for ever."""
+    stack, listener, session = confirmed_uac(extra=[("Session-Expires", "90;refresher=uac")])
+    run_until(stack.reactor, 40)
+    session.reinvite(OFFER2)  # never answered
+    run_until(stack.reactor, 60)
+    assert len(stack.sent("BYE")) == 1
+    assert ended(listener) == [("ended", 408, [], "local", "session timer expired")]
+
+
+def test_hangup_with_a_reason_puts_it_on_the_bye():
+    stack, listener, session = confirmed_uac()
+    session.hangup(reason='FreeSWITCH;cause=604;text="MEDIA_TIMEOUT"')
+    (bye,) = stack.sent("BYE")
+    assert bye.headers.get("Reason") == 'FreeSWITCH;cause=604;text="MEDIA_TIMEOUT"'
+    assert ended(listener) == [("ended", None, [], "local", "bye")]
 
 
 def test_hangup_while_2xx_is_unacknowledged_waits_for_the_ack_then_byes():
