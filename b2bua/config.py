@@ -1,20 +1,24 @@
 """Configuration: dataclasses with the defaults, loaded from ``etc/mpb2bua.yaml``.
 
-Unknown keys and wrong types are errors (a typo must not silently fall back to a
-default); every section and key is documented in the shipped YAML file.
+The schema is the annotations: types, ranges (``Annotated[..., Field(gt=0)]``) and enums
+(``Literal``), checked by pydantic when a section is built, from the YAML file or in code.
+Unknown keys and wrong values are errors naming the key (a typo must not silently fall back to
+a default); every section and key is documented in the shipped YAML file. Relative paths resolve
+against the config file's folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import types
 import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from b2bua.wire.sipuri import UriError, split_hostport
 
@@ -23,79 +27,158 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or has a wrong key or value."""
 
 
+# -- value types ------------------------------------------------------------------------------------
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Seconds0 = Annotated[float, Field(ge=0)]  # 0 = off
+Port = Annotated[int, Field(ge=1, le=65535)]
+Transport = Literal["udp", "tcp"]
+AUDIO_CODECS = ("pcmu", "pcma", "g722", "opus")
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def _codec_list(codecs: list[str]) -> list[str]:
+    names = [c.lower() for c in codecs]
+    unknown = [c for c in codecs if c.lower() not in AUDIO_CODECS]
+    if unknown:
+        raise ValueError(f"unknown codec(s) {', '.join(unknown)}: choose from PCMU, PCMA, G722, opus")
+    if not names or len(set(names)) != len(names):
+        raise ValueError("a non-empty list without repeats")
+    return codecs
+
+
+def _aac_rate(rate: int) -> int:
+    if rate not in AAC_RATES:
+        raise ValueError(f"an AAC sample rate: {', '.join(map(str, AAC_RATES))}")
+    return rate
+
+
+def _transports(items: list[str]) -> list[str]:
+    if not items or len(set(items)) != len(items):
+        raise ValueError("a non-empty list of udp and/or tcp, without repeats")
+    return items
+
+
+class _Section:
+    """Checks every field against its annotation when built (pydantic; errors name the key)."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, adapter in _adapters(type(self)).items():
+            value = getattr(self, name)
+            if dataclasses.is_dataclass(value):
+                continue  # a section: checked when it was built
+            try:
+                object.__setattr__(self, name, adapter.validate_python(value))
+            except ValidationError as e:
+                raise ConfigError(f"{_key(self.section, name)}: {_explain(e)}") from None
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve several keys of the section."""
+
+
+@cache
+def _adapters(cls: type) -> dict[str, TypeAdapter[Any]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    config = ConfigDict(strict=True)  # no "yes" for true, no 1 for true, no "5" for 5
+    return {
+        f.name: TypeAdapter(hints[f.name], config=config if _accepts_config(hints[f.name]) else None)
+        for f in dataclasses.fields(cls)
+        if not f.metadata.get("internal") and not dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def _accepts_config(hint: Any) -> bool:
+    # TypeAdapter refuses a config for types that carry their own (dataclasses, models)
+    return not (isinstance(hint, type) and dataclasses.is_dataclass(hint))
+
+
+def _key(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not isinstance(p, str) or p not in ("function-after",))
+    text = first["msg"].removeprefix("Value error, ")
+    return f"{text} (item {where})" if where else f"{text}, got {first.get('input')!r}"
+
+
 @dataclass
-class WebSocketConfig:
+class WebSocketConfig(_Section):
+    section: ClassVar[str] = "websocket"
     listen: str = "tcp:8080:backlog=1024"  # twisted endpoint description
     tls_listen: str | None = None  # e.g. "ssl:8443:privateKey=key.pem:certKey=cert.pem"
     path: str = "/ws"
     allowed_origins: list[str] = field(default_factory=lambda: ["*"])
-    max_message_size: int = 65536
-    max_sessions: int = 20000
-    login_attempts_per_minute: int = 20  # per client IP address
-    grace_period: float = 30.0
-    auto_ping_interval: float = 25.0
-    login_timeout: float = 40.0  # overall bound on a login's first REGISTER
+    max_message_size: Annotated[int, Field(ge=1024)] = 65536
+    max_sessions: PositiveInt = 20000
+    login_attempts_per_minute: PositiveInt = 20  # per client IP address
+    grace_period: Seconds0 = 30.0
+    auto_ping_interval: Positive = 25.0
+    login_timeout: Positive = 40.0  # overall bound on a login's first REGISTER
     # every request of one socket, ping included: a token bucket with a burst of a sixth of it;
     # a socket that goes on past the empty bucket for a whole burst is closed (4003)
-    requests_per_minute: int = 600
+    requests_per_minute: Annotated[int, Field(ge=0)] = 600  # 0 = off
     # per session, token buckets (a burst of a sixth of the minute's budget, at least 1)
-    calls_per_minute: int = 20  # `call`
-    messages_per_minute: int = 60  # `message` and `send_info`
-    dtmf_per_minute: int = 120  # `dtmf` requests (each may carry up to 32 digits)
+    calls_per_minute: Annotated[int, Field(ge=0)] = 20  # `call`; 0 = off
+    messages_per_minute: Annotated[int, Field(ge=0)] = 60  # `message` and `send_info`
+    dtmf_per_minute: Annotated[int, Field(ge=0)] = 120  # `dtmf` requests (each up to 32 digits)
     # per user, whatever the client address: after this many refused logins within
     # failed_login_window seconds, a login that would ask the PBX is refused until one expires
     # (so that one attacker does not get the gateway's address banned at the PBX, e.g. by fail2ban)
-    failed_logins_per_user: int = 5
-    failed_login_window: float = 300.0
+    failed_logins_per_user: PositiveInt = 5
+    failed_login_window: Positive = 300.0
     # Limits on sockets that have not logged in (docs/operations.md, "Limits")
-    login_deadline: float = 10.0  # seconds to log in or resume; then close code 4002
-    max_unauthenticated: int = 2000  # sockets not logged in, in total
-    max_unauthenticated_per_address: int = 32  # ... and from one client address
-    max_send_buffer: int = 1048576  # bytes queued for a peer that does not read; then dropped
-
-    def __post_init__(self) -> None:
-        _positive(self, "websocket", "login_deadline", "max_unauthenticated",
-                  "max_unauthenticated_per_address", "max_send_buffer")
+    login_deadline: Positive = 10.0  # seconds to log in or resume; then close code 4002
+    max_unauthenticated: PositiveInt = 2000  # sockets not logged in, in total
+    max_unauthenticated_per_address: PositiveInt = 32  # ... and from one client address
+    max_send_buffer: PositiveInt = 1048576  # bytes queued for a peer that does not read; then dropped
 
 
 @dataclass
-class AuthConfig:
+class AuthConfig(_Section):
+    section: ClassVar[str] = "auth"
     allow_password: bool = True
     allow_ha1: bool = True
-    token_secret: str | None = None  # token mode on when set
-    token_max_ttl: int = 3600
-    users_source: str = "yaml"  # yaml | freeswitch | none
-    users_path: str = "etc/users.yaml"
+    token_secret: Annotated[str, Field(min_length=16)] | None = None  # token mode on when set
+    token_max_ttl: PositiveInt = 3600
+    # where token logins take the SIP credentials from (read only in token mode)
+    users_source: Literal["yaml", "freeswitch", "none"] = "yaml"
+    users_path: str = "users.yaml"  # relative: to the config file's folder
     freeswitch_vars: str | None = None  # FreeSWITCH's vars.xml, for $${default_password} and friends
 
 
 @dataclass
-class SipConfig:
+class SipConfig(_Section):
+    section: ClassVar[str] = "sip"
     listen_host: str = "127.0.0.1"
-    listen_port: int = 5070
-    transports: list[str] = field(default_factory=lambda: ["udp", "tcp"])
-    pbx: str = "127.0.0.1:5060"  # where every request goes (registrar and outbound proxy)
-    pbx_transport: str = "udp"
+    listen_port: Annotated[int, Field(ge=0, le=65535)] = 5070  # 0: any free port
+    transports: Annotated[list[Transport], AfterValidator(_transports)] = field(
+        default_factory=lambda: ["udp", "tcp"]
+    )
+    pbx: Annotated[str, Field(min_length=1)] = "127.0.0.1:5060"  # every request goes there
+    pbx_transport: Transport = "udp"
     domain: str | None = None  # AOR domain; the PBX host when unset
     registrar_uri: str | None = None  # Request-URI of REGISTER; sip:<pbx> when unset
     pbx_addresses: list[str] = field(default_factory=list)  # more source addresses allowed to send requests
     dns_servers: list[str] = field(default_factory=list)  # "ip:port" DNS servers; resolv.conf when empty
     realm: str | list[str] | None = None  # digest realm(s) answered; the domain's host when unset; "*": any
-    register_expires: int = 600
-    options_keepalive: float = 2.0  # seconds between OPTIONS to the PBX; 0 = off (no fail-over detection)
-    pbx_down_after: float = 10.0  # the PBX is unreachable once silent this long (>= 2 keepalives)
-    reregister_window: float = 10.0  # when it answers again, every user re-REGISTERs within this
+    register_expires: Annotated[int, Field(ge=10, le=86400)] = 600
+    options_keepalive: Seconds0 = 2.0  # seconds between OPTIONS to the PBX; 0 = off (no fail-over detection)
+    pbx_down_after: Positive = 10.0  # the PBX is unreachable once silent this long (>= 2 keepalives)
+    reregister_window: Seconds0 = 10.0  # when it answers again, every user re-REGISTERs within this
     public_host: str | None = None  # Via/Contact host when the node is seen under another address
     user_agent: str = "mpb2bua"
-    t1: float = 0.5
-    timer_c: float = 180.0  # an outgoing INVITE with no response for this long after a 1xx is given up
+    t1: Annotated[float, Field(gt=0, le=10)] = 0.5
+    timer_c: Positive = 180.0  # an outgoing INVITE with no response for this long after a 1xx is given up
     # RFC 4028 session interval asked for in our INVITEs and in our 2xx to a PBX that supports
     # timers without asking (s, >= 90); 0 = ask for none (a PBX's own request is still honoured)
     session_expires: int = 1800
 
-    def __post_init__(self) -> None:
-        if not self.timer_c > 0:
-            raise ConfigError(f"sip.timer_c: must be more than 0 seconds, got {self.timer_c!r}")
+    def check(self) -> None:
         if self.session_expires != 0 and not 90 <= self.session_expires <= 86400:
             raise ConfigError(
                 f"sip.session_expires: 0 (off) or 90 to 86400 seconds, got {self.session_expires!r}"
@@ -103,68 +186,69 @@ class SipConfig:
 
 
 @dataclass
-class MediaConfig:
+class MediaConfig(_Section):
+    section: ClassVar[str] = "media"
     rtp_host: str | None = None  # address RTP sockets bind to; sip.listen_host when unset
     sdp_host: str | None = None  # address written in SDP c= lines; sip.public_host or rtp_host when unset
-    rtp_port_min: int = 20000
-    rtp_port_max: int = 29999
-    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "G722", "opus"])
-    aac_sample_rate: int = 16000  # of the AAC sent to live-player (8000–48000)
+    rtp_port_min: Port = 20000
+    rtp_port_max: Port = 29999
+    codecs: Annotated[list[str], AfterValidator(_codec_list)] = field(
+        default_factory=lambda: ["PCMU", "PCMA", "G722", "opus"]
+    )
+    # of the AAC sent to live-player: an AAC rate from 8000 to 48000
+    aac_sample_rate: Annotated[int, AfterValidator(_aac_rate)] = 16000
     # uplink FIFO, adaptive (b2bua/media/adaptive.py): the target is the pusher PCM still spare
     # after the 20 ms tick's packet at the FIFO's lowest point; it starts at (and never goes below)
     # uplink_buffer_ms, rises 10 ms per underrun up to uplink_buffer_max_ms, and steps back down
     # after calm periods. The pusher's burst size is absorbed on top, measured, not configured.
-    uplink_buffer_ms: int = 10
-    uplink_buffer_max_ms: int = 100
-    dtmf: str = "auto"  # auto: RFC 4733 when negotiated, else SIP INFO; or always "rfc4733" / "info"
+    uplink_buffer_ms: Annotated[int, Field(ge=0, le=1000)] = 10
+    uplink_buffer_max_ms: Annotated[int, Field(ge=0, le=2000)] = 100
+    # auto: RFC 4733 when negotiated, else SIP INFO; or always "rfc4733" / "info"
+    dtmf: Literal["auto", "rfc4733", "info"] = "auto"
     # a call up (answered) that receives no RTP nor RTCP from the PBX for this long is ended with
     # BYE and `hangup` MEDIA_TIMEOUT (s; 0 = off); rtp_hold_timeout applies instead while the
     # call is on hold either way or the SDP says the PBX sends nothing (FreeSWITCH sends no RTP
     # to a party that holds)
-    rtp_timeout: float = 60.0
-    rtp_hold_timeout: float = 0.0
+    rtp_timeout: Seconds0 = 60.0
+    rtp_hold_timeout: Seconds0 = 0.0
 
-    def __post_init__(self) -> None:
-        for name in ("rtp_timeout", "rtp_hold_timeout"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"media.{name}: seconds, 0 (off) or more, got {getattr(self, name)!r}")
+    def check(self) -> None:
+        if self.rtp_port_min % 2 or self.rtp_port_max <= self.rtp_port_min:
+            raise ConfigError(
+                "media.rtp_port_min, media.rtp_port_max: an even first port below the last "
+                f"(RTP even, RTCP odd), got {self.rtp_port_min}-{self.rtp_port_max}"
+            )
+        if self.uplink_buffer_max_ms < self.uplink_buffer_ms:
+            raise ConfigError("media.uplink_buffer_max_ms: not below media.uplink_buffer_ms")
 
 
 @dataclass
-class RtmpConfig:
+class RtmpConfig(_Section):
+    section: ClassVar[str] = "rtmp"
     listen: str = "tcp:1935:backlog=1024"
-    app: str = "mp"  # the application name in rtmp://host/APP/KEY
+    app: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "mp"  # the application name in rtmp://host/APP/KEY
     public_url: str | None = None  # base of push/play URLs; rtmp://<public_host>:1935/<app> when unset
-    max_connections: int = 4096  # RTMP connections in total
-    max_connections_per_address: int = 64  # ... and from one client address
-    max_player_backlog: int = 1000000  # bytes written to a player that does not read; then closed
-
-    def __post_init__(self) -> None:
-        _positive(self, "rtmp", "max_connections", "max_connections_per_address", "max_player_backlog")
-
-
-def _positive(section: object, where: str, *names: str) -> None:
-    """Limits must be numbers above zero (a zero cap would refuse everyone)."""
-    for name in names:
-        value = getattr(section, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigError(f"{where}.{name}: must be a number above 0, got {value!r}")
+    max_connections: PositiveInt = 4096  # RTMP connections in total
+    max_connections_per_address: PositiveInt = 64  # ... and from one client address
+    max_player_backlog: PositiveInt = 1000000  # bytes written to a player that does not read; then closed
 
 
 @dataclass
-class CallsConfig:
-    max_per_session: int = 2  # beyond it an incoming INVITE is answered 486, a `call` fails
-    ring_timeout: float = 60.0  # an unanswered incoming call is ended with 480 after this
-    outbound_timeout: float = 120.0  # an unanswered outgoing call is cancelled after this
+class CallsConfig(_Section):
+    section: ClassVar[str] = "calls"
+    max_per_session: PositiveInt = 2  # beyond it an incoming INVITE is answered 486, a `call` fails
+    ring_timeout: Positive = 60.0  # an unanswered incoming call is ended with 480 after this
+    outbound_timeout: Positive = 120.0  # an unanswered outgoing call is cancelled after this
 
 
 @dataclass
-class HttpConfig:
+class HttpConfig(_Section):
+    section: ClassVar[str] = "http"
     listen: str | None = "tcp:9090:interface=127.0.0.1"  # /healthz and /metrics; None = off
 
 
 @dataclass
-class Config:
+class Config(_Section):
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     sip: SipConfig = field(default_factory=SipConfig)
@@ -172,11 +256,11 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
-    public_host: str = "127.0.0.1"  # the host name clients use for this node (RTMP URLs)
-    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    public_host: Annotated[str, Field(min_length=1)] = "127.0.0.1"  # clients' name for this node
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})  # the config file's folder
 
     def resolve(self, path: str) -> Path:
-        """A path from the config, relative to the config file's folder's parent (the install root)."""
+        """A path from the config: relative ones to the config file's folder."""
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
 
@@ -191,7 +275,7 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: {e}") from None
     config = _build(Config, data, "")
     validate(config)
-    config.base_dir = path.resolve().parent.parent if path.resolve().parent.name == "etc" else path.parent
+    config.base_dir = path.resolve().parent
     return config
 
 
@@ -240,47 +324,20 @@ def digest_realms(sip: SipConfig) -> frozenset[str] | None:
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
+    """A section from its YAML mapping: unknown keys refused, nested sections built first, the
+    values checked by the section itself (:class:`_Section`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'top level'}: expected a mapping")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(map(str, set(data) - fields))
     if unknown:
-        raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(map(str, unknown))}")
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(unknown)}")
     values = {}
     for name, value in data.items():
-        key = f"{where}.{name}" if where else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value or {}, key)
+            values[name] = _build(hint, value or {}, _key(where, name))
         else:
-            values[name] = _check(hint, value, key)
+            values[name] = value
     return cls(**values)
-
-
-def _check(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check(option, value, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: {value!r} is not a valid value")
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list")
-        return [_check(item, v, key) for v in value]
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)  # "5060" written as a number
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__}")
-    return value

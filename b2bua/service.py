@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from b2bua.auth.tokens import TokenVerifier
-from b2bua.auth.users import FreeSwitchDirectory, YamlUsers, read_freeswitch_vars
+from b2bua.auth.users import FreeSwitchDirectory, UserSourceError, YamlUsers, read_freeswitch_vars
 from b2bua.call.calls import CallManager
 from b2bua.call.controller import Controller
 from b2bua.config import Config, ConfigError
@@ -35,9 +35,18 @@ class _NoUsers:
 
 
 def make_user_source(config: Config):
+    """Where token logins take the SIP credentials from; nothing is read when token login is off
+    (the only use of the source)."""
     kind = config.auth.users_source
-    if kind == "none":
+    if kind == "none" or not config.auth.token_secret:
         return _NoUsers()
+    try:
+        return _read_user_source(config, kind)
+    except UserSourceError as e:
+        raise ConfigError(f"auth.users_path: {e}") from None
+
+
+def _read_user_source(config: Config, kind: str):
     path = config.resolve(config.auth.users_path)
     if kind == "yaml":
         return YamlUsers(path)

@@ -6,7 +6,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from b2bua.config import ConfigError, load_config
-from b2bua.service import make_node
+from b2bua.service import make_node, make_user_source
 
 
 class Options(usage.Options):
@@ -47,6 +47,10 @@ class Options(usage.Options):
             if not host or not port.isdigit():
                 raise usage.UsageError("--sip-listen must be HOST:PORT")
             config.sip.listen_host, config.sip.listen_port = host.strip("[]"), int(port)
+        try:
+            make_user_source(config)  # a token mode users file that cannot be read: one line, no traceback
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
         self.config = config
 
 

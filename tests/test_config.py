@@ -35,3 +35,73 @@ def test_file_values_are_validated(tmp_path):
     path.write_text("sip:\n  dns_servers: ['127.0.0.1:5353']\n  realm: '*'\n")
     config = load_config(path)
     assert config.sip.dns_servers == ["127.0.0.1:5353"] and config.sip.realm == "*"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # the values the hardening probe found accepted at start (then every call failed)
+        ("media:\n  codecs: [G729]\n", "media.codecs: unknown codec(s) G729"),
+        ("media:\n  aac_sample_rate: 12345\n", "media.aac_sample_rate: an AAC sample rate"),
+        ("sip:\n  t1: -1\n", "sip.t1: Input should be greater than 0"),
+        ("sip:\n  pbx_transport: tls\n", "sip.pbx_transport: Input should be 'udp' or 'tcp'"),
+        ("sip:\n  listen_port: 70000\n", "sip.listen_port"),
+        ("sip:\n  transports: []\n", "sip.transports"),
+        ("media:\n  dtmf: tones\n", "media.dtmf"),
+        ("media:\n  rtp_port_min: 20001\n", "media.rtp_port_min"),
+        ("media:\n  rtp_port_min: 30000\n  rtp_port_max: 20000\n", "media.rtp_port_max"),
+        ("websocket:\n  max_sessions: 0\n", "websocket.max_sessions"),
+        ("websocket:\n  grace_period: yes\n", "websocket.grace_period: Input should be a valid number"),
+        ("calls:\n  ring_timeout: '60'\n", "calls.ring_timeout"),
+        ("auth:\n  users_source: ldap\n", "auth.users_source"),
+        ("auth:\n  token_secret: short\n", "auth.token_secret"),
+        ("rtmp:\n  app: 'a/b'\n", "rtmp.app"),
+        ("sip:\n  regsiter_expires: 60\n", "sip: unknown key(s) regsiter_expires"),
+        ("media: 5\n", "media: expected a mapping"),
+    ],
+)
+def test_wrong_values_stop_the_start_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)  # one line, no traceback-like dump
+
+
+def test_good_values_are_taken_as_given(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "media:\n  codecs: [opus, pcmu]\n  aac_sample_rate: 48000\n  rtp_timeout: 0\n"
+        "sip:\n  t1: 0.25\n  options_keepalive: 0\n  transports: [udp]\n"
+    )
+    config = load_config(path)
+    assert config.media.codecs == ["opus", "pcmu"] and config.media.aac_sample_rate == 48000
+    assert config.sip.t1 == 0.25 and config.sip.transports == ["udp"]
+
+
+def test_relative_paths_resolve_against_the_config_files_folder(tmp_path):
+    folder = tmp_path / "somewhere"
+    folder.mkdir()
+    path = folder / "gw.yaml"
+    path.write_text("auth:\n  users_path: users.yaml\n")
+    config = load_config(path)
+    assert config.resolve("users.yaml") == folder / "users.yaml"
+    assert config.resolve("/abs/users.yaml").as_posix() == "/abs/users.yaml"
+
+
+def test_files_of_a_disabled_feature_are_not_read(tmp_path):
+    """A config outside any etc/ folder with token login off must start: the users file (which
+    does not exist here) is only for token logins."""
+    from b2bua.service import make_node
+
+    path = tmp_path / "gw.yaml"
+    path.write_text("auth:\n  users_source: yaml\n  users_path: missing.yaml\nhttp:\n  listen: null\n")
+    config = load_config(path)
+    assert config.auth.token_secret is None
+    make_node(config)  # no exception: missing.yaml is never opened
+    path.write_text(
+        "auth:\n  users_source: yaml\n  users_path: missing.yaml\n  token_secret: 0123456789abcdef0123\n"
+    )
+    with pytest.raises(ConfigError, match="auth.users_path: .*missing.yaml: cannot read"):
+        make_node(load_config(path))

@@ -91,3 +91,27 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
             proc.kill()
         proc.wait(5)
         print(log.read_text() if log.exists() else proc.stdout.read().decode())
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("media:\n  codecs: [G729]\n", "media.codecs"),
+        ("media:\n  aac_sample_rate: 12345\n", "media.aac_sample_rate"),
+        ("sip:\n  t1: -1\n", "sip.t1"),
+        ("auth:\n  token_secret: 0123456789abcdef0123\n  users_path: nowhere.yaml\n", "auth.users_path"),
+    ],
+)
+def test_twistd_refuses_a_wrong_config_in_one_line(tmp_path, text, key):
+    """The config sits outside any etc/ folder; a wrong value stops the start with the key's name
+    and no traceback."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(text)
+    res = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "mpb2bua", "--config", str(config)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
+    )
+    out = (res.stdout + res.stderr).decode(errors="replace")
+    assert res.returncode != 0
+    assert key in out and "Traceback" not in out, out
