@@ -68,10 +68,26 @@ class SipConfig:
     user_agent: str = "mpb2bua"
     t1: float = 0.5
     timer_c: float = 180.0  # an outgoing INVITE with no response for this long after a 1xx is given up
+    # TCP connections accepted from addresses other than the PBX's (ours to the PBX and the PBX's
+    # own are counted apart and never refused for them): in total and per address.
+    tcp_max_inbound: int = 256
+    tcp_max_inbound_per_address: int = 8
+    tcp_first_message_timeout: float = 5.0  # an inbound connection must deliver a whole message by then
+    tcp_idle_timeout: float = 60.0  # an inbound connection from a non-PBX address closed when idle
+    # refused requests, bad messages, stray responses: the first log_limit lines of each kind per
+    # log_limit_interval seconds, then one summary line
+    log_limit: int = 10
+    log_limit_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.timer_c > 0:
             raise ConfigError(f"sip.timer_c: must be more than 0 seconds, got {self.timer_c!r}")
+        for name in ("tcp_first_message_timeout", "tcp_idle_timeout", "log_limit_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"sip.{name}: must be more than 0 seconds, got {getattr(self, name)!r}")
+        for name in ("tcp_max_inbound", "tcp_max_inbound_per_address", "log_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"sip.{name}: must be 0 or more, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -178,7 +194,7 @@ def digest_realms(sip: SipConfig) -> frozenset[str] | None:
         return frozenset({host.lower()})
     values = [realms] if isinstance(realms, str) else list(realms)
     if not values or any(not v or v != v.strip() for v in values):
-        raise ConfigError("sip.realm: expected a realm, a non-empty list of realms, or \"*\"")
+        raise ConfigError('sip.realm: expected a realm, a non-empty list of realms, or "*"')
     if "*" in values:
         if len(values) > 1:
             raise ConfigError('sip.realm: "*" (any realm) cannot be listed with other realms')
