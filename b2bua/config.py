@@ -74,6 +74,10 @@ class SipConfig:
     tcp_max_inbound_per_address: int = 8
     tcp_first_message_timeout: float = 5.0  # an inbound connection must deliver a whole message by then
     tcp_idle_timeout: float = 60.0  # an inbound connection from a non-PBX address closed when idle
+    # SIP messages a second from non-PBX addresses that are read (and answered 403); the rest
+    # are dropped unread: a flood must not take the reactor from the users
+    stranger_messages_per_second: int = 200
+    stranger_messages_per_second_per_address: int = 20
     # refused requests, bad messages, stray responses: the first log_limit lines of each kind per
     # log_limit_interval seconds, then one summary line
     log_limit: int = 10
@@ -85,7 +89,13 @@ class SipConfig:
         for name in ("tcp_first_message_timeout", "tcp_idle_timeout", "log_limit_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"sip.{name}: must be more than 0 seconds, got {getattr(self, name)!r}")
-        for name in ("tcp_max_inbound", "tcp_max_inbound_per_address", "log_limit"):
+        for name in (
+            "tcp_max_inbound",
+            "tcp_max_inbound_per_address",
+            "log_limit",
+            "stranger_messages_per_second",
+            "stranger_messages_per_second_per_address",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"sip.{name}: must be 0 or more, got {getattr(self, name)!r}")
 

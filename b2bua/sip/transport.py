@@ -59,6 +59,37 @@ class TcpLimits:
     max_per_address: int = 8
     first_message_timeout: float = 5.0
     idle_timeout: float = 60.0
+    # messages a second parsed from non-PBX addresses (UDP and TCP), all together and per address
+    messages_per_second: int = 200
+    messages_per_second_per_address: int = 20
+
+
+class StrangerBudget:
+    """How many messages a second from non-PBX addresses are parsed (and answered 403), in
+    total and per address; the rest is dropped unread, so a flood costs a dict lookup per
+    datagram instead of a parse (~150 µs) and a response. Fixed one-second windows: the
+    per-address table holds at most ``total`` addresses."""
+
+    def __init__(self, clock: IReactorTime, total: int, per_address: int) -> None:
+        self.clock = clock
+        self.total = total
+        self.per_address = per_address
+        self._second = -1
+        self._used = 0
+        self._by_host: dict[str, int] = {}
+
+    def allow(self, host: str) -> bool:
+        second = int(self.clock.seconds())
+        if second != self._second:
+            self._second, self._used, self._by_host = second, 0, {}
+        if self._used >= self.total:
+            return False
+        used = self._by_host.get(host, 0)
+        if used >= self.per_address:
+            return False
+        self._by_host[host] = used + 1
+        self._used += 1
+        return True
 
 
 #: why a TCP connection was refused or closed by the limits (label values of a metric)
@@ -81,9 +112,11 @@ class SipTransport:
         limits: TcpLimits | None = None,
         ratelog: RateLimitedLog | None = None,
         on_tcp_event: Callable[[str], None] | None = None,
+        on_dropped: Callable[[Target], None] | None = None,
     ) -> None:
         """``is_trusted(host)``: whether an address is the PBX's (see the module's docstring);
-        ``on_tcp_event(reason)``: a connection refused or closed by the limits (TCP_EVENTS)."""
+        ``on_tcp_event(reason)``: a connection refused or closed by the limits (TCP_EVENTS);
+        ``on_dropped(source)``: a message from a non-PBX address dropped unread (over the rate)."""
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -98,6 +131,10 @@ class SipTransport:
         self.limits = limits or TcpLimits()
         self.ratelog = ratelog or RateLimitedLog(reactor)
         self.on_tcp_event = on_tcp_event
+        self.on_dropped = on_dropped
+        self.budget = StrangerBudget(
+            reactor, self.limits.messages_per_second, self.limits.messages_per_second_per_address
+        )
         self._trusted = 0  # connections in the pool of ours and the PBX's
         self._others: dict[str, int] = {}  # accepted from other addresses, per address
         self._others_total = 0
@@ -212,6 +249,16 @@ class SipTransport:
         self._dispatch(data, source, datagram=True)
 
     def _dispatch(self, data: bytes, source: Target, datagram: bool) -> None:
+        if not self.is_trusted(source.host) and not self.budget.allow(source.host):
+            if self.on_dropped is not None:
+                self.on_dropped(source)
+            self.ratelog.warn(
+                "dropped over the rate",
+                source.host,
+                "SIP message from {src} dropped unread: over sip.stranger_messages_per_second",
+                src=f"{source.host}:{source.port}",
+            )
+            return
         try:
             message = parse_message(data, datagram=datagram)
         except SipParseError as e:

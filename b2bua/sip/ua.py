@@ -109,9 +109,12 @@ class SipStack:
                 max_per_address=config.tcp_max_inbound_per_address,
                 first_message_timeout=config.tcp_first_message_timeout,
                 idle_timeout=config.tcp_idle_timeout,
+                messages_per_second=config.stranger_messages_per_second,
+                messages_per_second_per_address=config.stranger_messages_per_second_per_address,
             ),
             ratelog=self.ratelog,
             on_tcp_event=self._tcp_event,
+            on_dropped=lambda source: self._m_dropped.inc(),
         )
         self.transactions = TransactionLayer(reactor, self, self, Timers(T1=config.t1))
         self.registrations: dict[str, Registration] = {}
@@ -564,6 +567,10 @@ class SipStack:
         )
         self._m_bad = reg.counter("mpb2bua_sip_bad_messages_total", "SIP messages that could not be parsed")
         self._m_refused = reg.counter("mpb2bua_sip_refused_total", "SIP requests refused: source not a PBX")
+        self._m_dropped = reg.counter(
+            "mpb2bua_sip_dropped_total",
+            "SIP messages from non-PBX addresses dropped unread: over sip.stranger_messages_per_second",
+        )
         self._m_stray = reg.counter(
             "mpb2bua_sip_stray_responses_total", "SIP responses that matched no transaction"
         )

@@ -29,6 +29,11 @@ def log_events():
     globalLogPublisher.removeObserver(events.append)
 
 
+def sample(metrics: bytes, name: str) -> float:
+    (line,) = [ln for ln in metrics.decode().splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
+
+
 def count(events: list[dict], prefix: str) -> int:
     return sum(1 for e in events if str(e.get("log_format", "")).startswith(prefix))
 
@@ -67,6 +72,12 @@ def test_tcp_and_udp_floods_from_a_stranger(kamailio, gateway_factory, log_event
     assert len(body) - metrics_before < 4096, (metrics_before, len(body))
     assert b'mpb2bua_sip_requests_total{direction="in",method="other"}' in body
     assert b'mpb2bua_sip_tcp_refused_total{reason="per_address"}' in body
+    # read at sip.stranger_messages_per_second_per_address, the rest dropped unread
+    refused, dropped = (
+        sample(body, name) for name in ("mpb2bua_sip_refused_total", "mpb2bua_sip_dropped_total")
+    )
+    assert refused <= sip.stranger_messages_per_second_per_address * (sent["seconds"] + 2), refused
+    assert dropped > 10_000, dropped
 
     # the log: at most log_limit lines of each kind in this interval, the rest summarized later
     assert count(log_events, "refused ") <= sip.log_limit

@@ -261,3 +261,33 @@ def test_other_sip_version_over_udp_is_answered_505(sip_transport):
     assert answer.startswith(b"SIP/2.0 505 Version Not Supported")
     assert b"\r\nVia: SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw\r\n" in answer
     assert b"\r\nCall-ID: badvers.31417@c.example.com\r\n" in answer
+
+
+def test_messages_from_strangers_are_read_at_a_bounded_rate() -> None:
+    """Beyond the budget a stranger's datagram is dropped before it is parsed or answered."""
+    clock = Clock()
+    handled: list[str] = []
+    dropped: list[str] = []
+    t = SipTransport(
+        clock,
+        "127.0.0.1",
+        5070,
+        lambda m, s: handled.append(s.host),
+        ("UDP",),
+        is_trusted=lambda host: host == "127.0.0.1",
+        limits=TcpLimits(messages_per_second=30, messages_per_second_per_address=20),
+        on_dropped=lambda s: dropped.append(s.host),
+    )
+    data = _options("UDP")
+    for _ in range(100):
+        t.datagram(data, Target("UDP", "127.0.0.2", 9))
+        t.datagram(data, Target("UDP", "127.0.0.1", 5060))  # the PBX is never limited
+    for _ in range(100):
+        t.datagram(data, Target("UDP", "127.0.0.3", 9))
+    t.datagram(b"garbage", Target("UDP", "127.0.0.4", 9))
+    assert handled.count("127.0.0.2") == 20 and handled.count("127.0.0.3") == 10
+    assert handled.count("127.0.0.1") == 100
+    assert len(dropped) == 80 + 90 + 1
+    clock.advance(1)
+    t.datagram(data, Target("UDP", "127.0.0.2", 9))
+    assert handled.count("127.0.0.2") == 21
