@@ -177,6 +177,20 @@ class SipConfig(_Section):
     # RFC 4028 session interval asked for in our INVITEs and in our 2xx to a PBX that supports
     # timers without asking (s, >= 90); 0 = ask for none (a PBX's own request is still honoured)
     session_expires: int = 1800
+    # TCP connections accepted from addresses other than the PBX's (ours to the PBX and the PBX's
+    # own are counted apart and never refused for them): in total and per address.
+    tcp_max_inbound: Annotated[int, Field(ge=0)] = 256
+    tcp_max_inbound_per_address: Annotated[int, Field(ge=0)] = 8
+    tcp_first_message_timeout: Positive = 5.0  # an inbound connection must deliver a whole message by then
+    tcp_idle_timeout: Positive = 60.0  # an inbound connection from a non-PBX address closed when idle
+    # SIP messages a second from non-PBX addresses that are read (and answered 403); the rest
+    # are dropped unread: a flood must not take the reactor from the users
+    stranger_messages_per_second: Annotated[int, Field(ge=0)] = 200
+    stranger_messages_per_second_per_address: Annotated[int, Field(ge=0)] = 20
+    # refused requests, bad messages, stray responses: the first log_limit lines of each kind per
+    # log_limit_interval seconds, then one summary line
+    log_limit: Annotated[int, Field(ge=0)] = 10
+    log_limit_interval: Positive = 60.0
 
     def check(self) -> None:
         if self.session_expires != 0 and not 90 <= self.session_expires <= 86400:
@@ -315,7 +329,7 @@ def digest_realms(sip: SipConfig) -> frozenset[str] | None:
         return frozenset({host.lower()})
     values = [realms] if isinstance(realms, str) else list(realms)
     if not values or any(not v or v != v.strip() for v in values):
-        raise ConfigError("sip.realm: expected a realm, a non-empty list of realms, or \"*\"")
+        raise ConfigError('sip.realm: expected a realm, a non-empty list of realms, or "*"')
     if "*" in values:
         if len(values) > 1:
             raise ConfigError('sip.realm: "*" (any realm) cannot be listed with other realms')

@@ -164,8 +164,10 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         def health() -> tuple[bool, dict]:
             details = controller.health()
             details["pbx_reachable"] = stack.pbx_reachable
-            details.update(stack.health())  # pbx_target (None until DNS answers), pbx_dns
-            return stack.pbx_reachable is not False and stack.pbx_target is not None, details
+            # pbx_target (None until DNS answers), pbx_dns, sip_listening, pbx_connection (TCP)
+            details.update(stack.health())
+            ok = stack.pbx_reachable is not False and stack.pbx_target is not None and stack.healthy()
+            return ok, details
 
         site = make_site(metrics, health)
         StreamServerEndpointService(

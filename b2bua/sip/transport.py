@@ -4,18 +4,27 @@ The only SIP code that touches sockets: it frames and parses what arrives and
 hands whole messages to one handler; it serializes and sends what it is given.
 Requests that cannot be parsed are answered 400 (or what the parser says) when
 enough of them was readable; anything else is dropped. Nothing raises into the reactor.
+
+TCP connections are counted in two pools so that strangers cannot starve the PBX: ours (to
+the PBX, or to a dialog's remote target) and those accepted from a PBX address, up to
+``MAX_TCP_CONNECTIONS``; and those accepted from any other address, up to
+``TcpLimits.max_inbound`` in total and ``max_per_address`` per address. Every accepted
+connection must deliver a whole message within ``first_message_timeout``; one from a
+non-PBX address is closed after ``idle_timeout`` without data.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from b2bua.sip.ratelog import RateLimitedLog
 from b2bua.sip.transaction import Target, TransportError
 from b2bua.wire.sip import (
     MAX_MESSAGE_SIZE,
@@ -30,8 +39,10 @@ from b2bua.wire.sip import (
 log = Logger()
 
 MessageHandler = Callable[[Request | Response, Target], None]
-MAX_TCP_CONNECTIONS = 1024
-TCP_IDLE_TIMEOUT = 600.0
+MAX_TCP_CONNECTIONS = 1024  # ours and the PBX's
+TCP_IDLE_TIMEOUT = 600.0  # ours and the PBX's
+TCP_BACKLOG = 1024  # a burst of strangers' SYNs must not crowd out the PBX's connect
+MAX_CONNECT_ERRORS = 64
 MAX_QUEUED_BYTES = 1 << 20
 # Receive buffer asked for the UDP socket. Linux's default (net.core.rmem_default, ~208 KiB)
 # holds only ~100 datagrams of ~1 KB (each costs ~2 KiB of buffer): at 400 call setups/s
@@ -40,21 +51,49 @@ MAX_QUEUED_BYTES = 1 << 20
 UDP_RECEIVE_BUFFER = 4 << 20
 
 
-class _WarnLimiter:
-    """At most ``per_second`` warnings a second, so a flood of garbage cannot flood the log."""
+@dataclass(frozen=True)
+class TcpLimits:
+    """Bounds on TCP connections accepted from addresses other than the PBX's."""
 
-    def __init__(self, clock: IReactorTime, per_second: int = 10):
-        self._clock = clock
-        self._limit = per_second
+    max_inbound: int = 256
+    max_per_address: int = 8
+    first_message_timeout: float = 5.0
+    idle_timeout: float = 60.0
+    # messages a second parsed from non-PBX addresses (UDP and TCP), all together and per address
+    messages_per_second: int = 200
+    messages_per_second_per_address: int = 20
+
+
+class StrangerBudget:
+    """How many messages a second from non-PBX addresses are parsed (and answered 403), in
+    total and per address; the rest is dropped unread, so a flood costs a dict lookup per
+    datagram instead of a parse (~150 µs) and a response. Fixed one-second windows: the
+    per-address table holds at most ``total`` addresses."""
+
+    def __init__(self, clock: IReactorTime, total: int, per_address: int) -> None:
+        self.clock = clock
+        self.total = total
+        self.per_address = per_address
         self._second = -1
-        self._count = 0
+        self._used = 0
+        self._by_host: dict[str, int] = {}
 
-    def allow(self) -> bool:
-        second = int(self._clock.seconds())
+    def allow(self, host: str) -> bool:
+        second = int(self.clock.seconds())
         if second != self._second:
-            self._second, self._count = second, 0
-        self._count += 1
-        return self._count <= self._limit
+            self._second, self._used, self._by_host = second, 0, {}
+        if self._used >= self.total:
+            return False
+        used = self._by_host.get(host, 0)
+        if used >= self.per_address:
+            return False
+        self._by_host[host] = used + 1
+        self._used += 1
+        return True
+
+
+#: why a TCP connection was refused or closed by the limits (label values of a metric)
+TCP_EVENTS = ("total", "per_address", "pbx_pool_full", "first_message_timeout", "idle_timeout")
 
 
 class SipTransport:
@@ -69,7 +108,15 @@ class SipTransport:
         transports: tuple[str, ...] = ("UDP", "TCP"),
         on_bad_message: Callable[[str, Target], None] | None = None,
         udp_receive_buffer: int = UDP_RECEIVE_BUFFER,
+        is_trusted: Callable[[str], bool] = lambda host: False,
+        limits: TcpLimits | None = None,
+        ratelog: RateLimitedLog | None = None,
+        on_tcp_event: Callable[[str], None] | None = None,
+        on_dropped: Callable[[Target], None] | None = None,
     ) -> None:
+        """``is_trusted(host)``: whether an address is the PBX's (see the module's docstring);
+        ``on_tcp_event(reason)``: a connection refused or closed by the limits (TCP_EVENTS);
+        ``on_dropped(source)``: a message from a non-PBX address dropped unread (over the rate)."""
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -80,7 +127,19 @@ class SipTransport:
         self._ports: list = []
         self._conns: dict[tuple[str, int], _TcpProtocol] = {}
         self._pending: dict[tuple[str, int], list[bytes]] = {}
-        self._warn = _WarnLimiter(reactor)
+        self.is_trusted = is_trusted
+        self.limits = limits or TcpLimits()
+        self.ratelog = ratelog or RateLimitedLog(reactor)
+        self.on_tcp_event = on_tcp_event
+        self.on_dropped = on_dropped
+        self.budget = StrangerBudget(
+            reactor, self.limits.messages_per_second, self.limits.messages_per_second_per_address
+        )
+        self._trusted = 0  # connections in the pool of ours and the PBX's
+        self._others: dict[str, int] = {}  # accepted from other addresses, per address
+        self._others_total = 0
+        self.connect_errors: dict[tuple[str, int], str] = {}  # last failed connect per target
+        self._tcp_port = None
         self._local_cache: dict[str, str] = {}
         self.udp_receive_buffer = udp_receive_buffer
         self.udp_receive_buffer_granted: int | None = None  # what the kernel gave (it doubles, caps)
@@ -96,7 +155,10 @@ class SipTransport:
             self.port = port.getHost().port  # port 0 → the one the OS chose
             self.udp_receive_buffer_granted = _grow_receive_buffer(port, self.udp_receive_buffer)
         if "TCP" in self.transports:
-            self._ports.append(self.reactor.listenTCP(self.port, _TcpFactory(self), interface=self.host))
+            self._tcp_port = self.reactor.listenTCP(
+                self.port, _TcpFactory(self), backlog=TCP_BACKLOG, interface=self.host
+            )
+            self._ports.append(self._tcp_port)
 
     def stop(self):
         from twisted.internet.defer import DeferredList, maybeDeferred
@@ -105,6 +167,7 @@ class SipTransport:
             conn.transport.loseConnection()
         ds = [maybeDeferred(p.stopListening) for p in self._ports]
         self._ports = []
+        self._udp = self._tcp_port = None
         return DeferredList(ds)
 
     # -- addresses ---------------------------------------------------------------------------------------
@@ -149,7 +212,7 @@ class SipTransport:
                 raise TransportError("TCP connect backlog full")
             queue.append(data)
             return
-        if len(self._conns) >= MAX_TCP_CONNECTIONS:
+        if self._trusted + len(self._pending) >= MAX_TCP_CONNECTIONS:
             raise TransportError("too many TCP connections")
         self._pending[key] = [data]
         d = protocol.ClientCreator(self.reactor, lambda: _TcpProtocol(self, outgoing=True)).connectTCP(
@@ -159,12 +222,18 @@ class SipTransport:
 
     def _connected(self, key: tuple[str, int], conn: _TcpProtocol) -> None:
         conn.peer_key = key
+        conn.pool = "trusted"
+        self._trusted += 1
         self._conns[key] = conn
+        self.connect_errors.pop(key, None)
         for data in self._pending.pop(key, []):
             conn.transport.write(data)
 
     def _connect_failed(self, key: tuple[str, int], failure: Failure) -> None:
         dropped = self._pending.pop(key, [])
+        if len(self.connect_errors) >= MAX_CONNECT_ERRORS:
+            self.connect_errors.pop(next(iter(self.connect_errors)))
+        self.connect_errors[key] = failure.getErrorMessage()
         # The transactions waiting on these messages time out by themselves (Timer B/F).
         log.warn(
             "SIP TCP connect to {peer} failed: {err}; {n} message(s) dropped",
@@ -180,6 +249,16 @@ class SipTransport:
         self._dispatch(data, source, datagram=True)
 
     def _dispatch(self, data: bytes, source: Target, datagram: bool) -> None:
+        if not self.is_trusted(source.host) and not self.budget.allow(source.host):
+            if self.on_dropped is not None:
+                self.on_dropped(source)
+            self.ratelog.warn(
+                "dropped over the rate",
+                source.host,
+                "SIP message from {src} dropped unread: over sip.stranger_messages_per_second",
+                src=f"{source.host}:{source.port}",
+            )
+            return
         try:
             message = parse_message(data, datagram=datagram)
         except SipParseError as e:
@@ -198,21 +277,99 @@ class SipTransport:
     def _bad(self, reason: str, source: Target, partial: Request | None, status: int) -> None:
         if self.on_bad_message is not None:
             self.on_bad_message(reason, source)
-        if self._warn.allow():
-            log.warn(
-                "bad SIP message from {src}: {reason}", src=f"{source.host}:{source.port}", reason=reason
-            )
+        self.ratelog.warn(
+            "bad messages",
+            source.host,
+            "bad SIP message from {src}: {reason}",
+            src=f"{source.host}:{source.port}",
+            reason=reason,
+        )
         if partial is None or partial.method == "ACK":
             return
         try:
             response = make_response(partial, status, reason=_reason_phrase(status, reason))
             self.send(response, source)
         except Exception as e:  # the partial message may be too broken even for a 400
-            if self._warn.allow():
-                log.warn("could not answer bad message from {src}: {e}", src=source.host, e=e)
+            self.ratelog.warn(
+                "bad messages",
+                source.host,
+                "could not answer a bad message from {src}: {e}",
+                src=source.host,
+                e=e,
+            )
 
     def connection_count(self) -> int:
         return len(self._conns)
+
+    # -- TCP accounting ----------------------------------------------------------------------------------
+    def _admit(self, conn: _TcpProtocol, host: str) -> bool:
+        """Count an accepted connection in its pool; False when the pool is full."""
+        if self.is_trusted(host):
+            if self._trusted >= MAX_TCP_CONNECTIONS:
+                return self._refuse("pbx_pool_full", host)
+            self._trusted += 1
+            conn.pool = "trusted"
+            return True
+        if self._others.get(host, 0) >= self.limits.max_per_address:
+            return self._refuse("per_address", host)
+        if self._others_total >= self.limits.max_inbound:
+            return self._refuse("total", host)
+        self._others[host] = self._others.get(host, 0) + 1
+        self._others_total += 1
+        conn.pool = "other"
+        return True
+
+    def _refuse(self, reason: str, host: str) -> bool:
+        self.tcp_event(reason, host)
+        return False
+
+    def tcp_event(self, reason: str, host: str) -> None:
+        if self.on_tcp_event is not None:
+            self.on_tcp_event(reason)
+        self.ratelog.warn(
+            "TCP connections refused or closed",
+            host,
+            "SIP TCP connection from {host} refused or closed: {reason}",
+            host=host,
+            reason=reason,
+        )
+
+    def _release(self, conn: _TcpProtocol, host: str) -> None:
+        if conn.pool == "trusted":
+            self._trusted -= 1
+        elif conn.pool == "other":
+            self._others_total -= 1
+            left = self._others.get(host, 0) - 1
+            if left > 0:
+                self._others[host] = left
+            else:
+                self._others.pop(host, None)
+        conn.pool = None
+
+    def tcp_counts(self) -> dict[str, int]:
+        """Open TCP connections: ``pbx`` (ours and the PBX's pool) and ``other`` (everyone else)."""
+        return {"pbx": self._trusted, "other": self._others_total}
+
+    def tcp_connection_to(self, host: str, port: int) -> str:
+        """What a message to ``host:port`` over TCP would meet: ``connected``, ``connecting``,
+        ``possible`` (a connect would be tried), ``failed`` (the last connect failed) or ``full``."""
+        key = (host, port)
+        if key in self._conns:
+            return "connected"
+        if key in self._pending:
+            return "connecting"
+        if self._trusted + len(self._pending) >= MAX_TCP_CONNECTIONS:
+            return "full"
+        return "failed" if key in self.connect_errors else "possible"
+
+    def listening(self) -> dict[str, bool]:
+        """Per enabled transport, whether its socket is open."""
+        out = {}
+        if "UDP" in self.transports:
+            out["udp"] = self._udp is not None and self._udp.transport is not None
+        if "TCP" in self.transports:
+            out["tcp"] = self._tcp_port is not None and bool(getattr(self._tcp_port, "connected", True))
+        return out
 
 
 def _grow_receive_buffer(port, size: int) -> int | None:
@@ -285,23 +442,38 @@ class _TcpProtocol(protocol.Protocol):
         self.outgoing = outgoing  # outgoing connections are registered by SipTransport._connected
         self.framer = StreamFramer()
         self.peer_key: tuple[str, int] | None = None
+        self.pool: str | None = None  # "trusted" or "other" while counted
         self._idle = None
+        self._first = None  # the deadline of an accepted connection's first whole message
 
     def connectionMade(self) -> None:  # noqa: N802
         if not self.outgoing:
             peer = self.transport.getPeer()
-            if len(self.owner._conns) >= MAX_TCP_CONNECTIONS:
+            if not self.owner._admit(self, peer.host):
                 self.transport.abortConnection()
                 return
             self.peer_key = (peer.host, peer.port)
             self.owner._conns[self.peer_key] = self
+            self._first = self.owner.reactor.callLater(
+                self.owner.limits.first_message_timeout, self._timed_out, "first_message_timeout"
+            )
         self._touch()
+
+    def _idle_timeout(self) -> float:
+        return self.owner.limits.idle_timeout if self.pool == "other" else TCP_IDLE_TIMEOUT
 
     def _touch(self) -> None:
         if self._idle is not None and self._idle.active():
-            self._idle.reset(TCP_IDLE_TIMEOUT)
+            self._idle.reset(self._idle_timeout())
         else:
-            self._idle = self.owner.reactor.callLater(TCP_IDLE_TIMEOUT, self.transport.loseConnection)
+            self._idle = self.owner.reactor.callLater(self._idle_timeout(), self._timed_out, "idle_timeout")
+
+    def _timed_out(self, reason: str) -> None:
+        if self.pool != "other" and reason == "idle_timeout":
+            self.transport.loseConnection()  # ours or the PBX's, quiet for TCP_IDLE_TIMEOUT
+            return
+        self.owner.tcp_event(reason, self.transport.getPeer().host)
+        self.transport.abortConnection()  # no FIN handshake to wait for: the fd is freed at once
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._touch()
@@ -313,12 +485,19 @@ class _TcpProtocol(protocol.Protocol):
             self.owner._bad(str(e), source, None, e.status)
             self.transport.loseConnection()  # framing is lost: the stream cannot be resynchronised
             return
+        if messages and self._first is not None:
+            if self._first.active():
+                self._first.cancel()
+            self._first = None
         for raw in messages:
             self.owner._dispatch(raw, source, datagram=False)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        for timer in (self._idle, self._first):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self.pool is not None:
+            self.owner._release(self, self.peer_key[0] if self.peer_key else self.transport.getPeer().host)
         if self.peer_key is not None and self.owner._conns.get(self.peer_key) is self:
             del self.owner._conns[self.peer_key]
 

@@ -4,6 +4,10 @@ One ``SipStack`` per node. It builds requests from the node's real local address
 keeps a Contact per registration (``sip:mp-<id>@node``) so inbound requests reach
 the right session, answers OPTIONS, refuses requests from addresses other than the
 PBX's, and counts every SIP message for ``/metrics``.
+
+What a stranger sends never becomes a metric label (methods outside ``KNOWN_METHODS`` are
+``other``; status codes of responses from non-PBX addresses are bucketed as ``4xx``) and
+never floods the log (:class:`~b2bua.sip.ratelog.RateLimitedLog`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from b2bua.config import SipConfig, digest_realms, dns_servers
 from b2bua.metrics import Registry
 from b2bua.sip.dialog import ALLOW
 from b2bua.sip.invite import InviteSession
+from b2bua.sip.ratelog import RateLimitedLog
 from b2bua.sip.registration import Registration, RegistrationListener
 from b2bua.sip.resolver import PbxLocator, make_resolver
 from b2bua.sip.transaction import (
@@ -31,7 +36,7 @@ from b2bua.sip.transaction import (
     TransactionLayer,
     TransportError,
 )
-from b2bua.sip.transport import SipTransport
+from b2bua.sip.transport import TCP_EVENTS, SipTransport, TcpLimits
 from b2bua.wire.digest import DigestClient, DigestError
 from b2bua.wire.sip import Request, Response, Via, make_response
 from b2bua.wire.sipuri import NameAddr, SipUri, UriError, join_hostport, split_hostport
@@ -39,6 +44,19 @@ from b2bua.wire.sipuri import NameAddr, SipUri, UriError, join_hostport, split_h
 log = Logger()
 
 CONTACT_PREFIX = "mp-"
+#: methods counted under their own name in /metrics (RFC 3261 and its extensions); others: "other"
+KNOWN_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER MESSAGE UPDATE".split()
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int, from_pbx: bool) -> str:
+    """The code itself for the PBX's (and our own) responses, its class for anyone else's."""
+    return str(status) if from_pbx else f"{min(max(status // 100, 1), 6)}xx"
 
 
 class SipStack:
@@ -77,6 +95,7 @@ class SipStack:
             metrics=metrics,
         )
         self._pbx_moved()
+        self.ratelog = RateLimitedLog(reactor, config.log_limit, config.log_limit_interval)
         self.transport = SipTransport(
             reactor,
             config.listen_host,
@@ -84,6 +103,18 @@ class SipStack:
             self._message_received,
             tuple(t.upper() for t in config.transports),
             self._bad_message,
+            is_trusted=lambda host: host in self.allowed_sources,
+            limits=TcpLimits(
+                max_inbound=config.tcp_max_inbound,
+                max_per_address=config.tcp_max_inbound_per_address,
+                first_message_timeout=config.tcp_first_message_timeout,
+                idle_timeout=config.tcp_idle_timeout,
+                messages_per_second=config.stranger_messages_per_second,
+                messages_per_second_per_address=config.stranger_messages_per_second_per_address,
+            ),
+            ratelog=self.ratelog,
+            on_tcp_event=self._tcp_event,
+            on_dropped=lambda source: self._m_dropped.inc(),
         )
         self.transactions = TransactionLayer(reactor, self, self, Timers(T1=config.t1))
         self.registrations: dict[str, Registration] = {}
@@ -131,12 +162,37 @@ class SipStack:
             self._start_keepalive()
 
     def health(self) -> dict:
-        """For /healthz: where SIP requests go and the state of the PBX names' DNS lookups."""
-        return self.locator.status()
+        """For /healthz: where SIP requests go, the state of the PBX names' DNS lookups, and what
+        a login's REGISTER would meet: the SIP sockets open and, over TCP, a connection to the PBX
+        that is open or could be made (``pbx_connection``)."""
+        out = self.locator.status()
+        out["sip_listening"] = self.transport.listening()
+        out["sip_tcp_connections"] = self.transport.tcp_counts()
+        target = self.pbx_target
+        if self.config.pbx_transport.upper() == "TCP":
+            state = (
+                "unknown" if target is None else self.transport.tcp_connection_to(target.host, target.port)
+            )
+            out["pbx_connection"] = state
+            error = self.transport.connect_errors.get((target.host, target.port)) if target else None
+            if state == "failed" and error:
+                out["pbx_connection_error"] = error
+        return out
+
+    def healthy(self) -> bool:
+        """False when a login would fail for reasons of this node's own SIP side: a SIP socket
+        closed, or no room for a TCP connection to the PBX (see :meth:`health`)."""
+        if not self._started or not all(self.transport.listening().values()):
+            return False
+        if self.config.pbx_transport.upper() == "TCP" and self.pbx_target is not None:
+            target = self.pbx_target
+            return self.transport.tcp_connection_to(target.host, target.port) not in ("full", "failed")
+        return True
 
     def stop(self) -> Deferred:
         """Un-register everyone (bounded by the registrations' own stop timeout), then close."""
         self.locator.stop()
+        self._started = False
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         pending = [reg.stop() for reg in list(self.registrations.values())]
@@ -144,6 +200,7 @@ class SipStack:
 
         def close(_):
             self.transactions.close()
+            self.ratelog.stop()
             return self.transport.stop()
 
         return d.addBoth(close)
@@ -229,33 +286,41 @@ class SipStack:
         if not target.host:  # see _pbx
             raise TransportError(f"no address for the PBX {self.config.pbx} yet (DNS)")
         if isinstance(message, Request):
-            self._m_req.labels("out", message.method).inc()
+            self._m_req.labels("out", method_label(message.method)).inc()
         else:
-            self._m_resp.labels("out", message.cseq[1], message.status).inc()
+            self._m_resp.labels("out", method_label(message.cseq[1]), str(message.status)).inc()
         self.transport.send(message, target)
 
     # -- receiving ---------------------------------------------------------------------------------------
     def _message_received(self, message: Request | Response, source: Target) -> None:
-        if source.host in self.allowed_sources:
+        from_pbx = source.host in self.allowed_sources
+        if from_pbx:
             self._heard_from_pbx()
         if isinstance(message, Request):
-            self._m_req.labels("in", message.method).inc()
-            if source.host not in self.allowed_sources:
+            self._m_req.labels("in", method_label(message.method)).inc()
+            if not from_pbx:
                 self._m_refused.inc()
-                log.warn(
+                self.ratelog.warn(
+                    "refused",
+                    source.host,
                     "refused {method} from {src}: not a PBX address",
-                    method=message.method,
+                    method=message.method[:32],
                     src=f"{source.host}:{source.port}",
                 )
                 if message.method != "ACK":
                     self.transport.send(make_response(message, 403, "Forbidden (not a PBX address)"), source)
                 return
         else:
-            self._m_resp.labels("in", message.cseq[1], message.status).inc()
+            self._m_resp.labels(
+                "in", method_label(message.cseq[1]), status_label(message.status, from_pbx)
+            ).inc()
         self.transactions.message_received(message, source)
 
     def _bad_message(self, reason: str, source: Target) -> None:
         self._m_bad.inc()
+
+    def _tcp_event(self, reason: str) -> None:
+        self._m_tcp_refused.labels(reason).inc()
 
     # -- dialogs -----------------------------------------------------------------------------------------
     def register_dialog(self, session: InviteSession) -> None:
@@ -337,7 +402,16 @@ class SipStack:
             )
 
     def stray_response(self, response: Response, source: Target) -> None:
-        pass
+        """A response that matches no transaction (late retransmission, or someone else's)."""
+        self._m_stray.inc()
+        self.ratelog.warn(
+            "stray responses",
+            source.host,
+            "stray SIP response {status} {method} from {src}: no such transaction",
+            status=response.status,
+            method=response.cseq[1][:32],
+            src=f"{source.host}:{source.port}",
+        )
 
     def send_out_of_dialog(
         self, reg: Registration, method: str, to_uri: str, body: bytes = b"", content_type: str | None = None
@@ -493,6 +567,26 @@ class SipStack:
         )
         self._m_bad = reg.counter("mpb2bua_sip_bad_messages_total", "SIP messages that could not be parsed")
         self._m_refused = reg.counter("mpb2bua_sip_refused_total", "SIP requests refused: source not a PBX")
+        self._m_dropped = reg.counter(
+            "mpb2bua_sip_dropped_total",
+            "SIP messages from non-PBX addresses dropped unread: over sip.stranger_messages_per_second",
+        )
+        self._m_stray = reg.counter(
+            "mpb2bua_sip_stray_responses_total", "SIP responses that matched no transaction"
+        )
+        self._m_tcp_refused = reg.counter(
+            "mpb2bua_sip_tcp_refused_total",
+            "SIP TCP connections refused or closed by sip.tcp_* limits, by reason",
+            ("reason",),
+        )
+        for reason in TCP_EVENTS:
+            self._m_tcp_refused.labels(reason)  # every series present from the start
+        reg.gauge_fn(
+            "mpb2bua_sip_tcp_connections",
+            "Open SIP TCP connections: pbx (ours and the PBX's), other (any other address)",
+            lambda: {(k,): float(v) for k, v in self.transport.tcp_counts().items()},
+            ("peer",),
+        )
         self._m_pbx_changes = reg.counter(
             "mpb2bua_pbx_state_changes_total", "The PBX became reachable or unreachable", ("state",)
         )
@@ -530,4 +624,3 @@ def _request_user(request: Request) -> str | None:
         return SipUri.parse(request.uri).user
     except UriError:
         return None
-

@@ -417,8 +417,6 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
         method, uri, version = parts
         if not _TOKEN.match(method):
             raise SipParseError(f"bad method {method[:40]!r}")
-        if version.upper() != "SIP/2.0":
-            raise SipParseError(f"unsupported version {version[:20]!r}", status=505)
         if not uri or ":" not in uri:
             raise SipParseError(f"bad Request-URI {uri[:80]!r}", status=416 if uri else 400)
         # "<sip:...>" (RFC 4475 ltgtruri), control characters, quotes: not a URI at all
@@ -428,7 +426,16 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
             # headers are not allowed in a Request-URI (RFC 3261 §19.1.1; RFC 4475 escruri)
             raise SipParseError(f"headers in Request-URI {uri[:80]!r}")
         msg = Request(method=method, uri=uri)
-    partial = msg if isinstance(msg, Request) else None
+        if version.upper() != "SIP/2.0":
+            # answered 505 (RFC 3261 §21.5.7, RFC 4475 §3.3.15): the response needs its headers
+            _read_headers(msg, lines, None)
+            raise SipParseError(f"unsupported version {version[:20]!r}", status=505, partial=msg)
+    _read_headers(msg, lines, msg if isinstance(msg, Request) else None)
+    _check(msg, body, datagram, msg if isinstance(msg, Request) else None)
+    return msg
+
+
+def _read_headers(msg: Request | Response, lines: list[str], partial: Request | None) -> None:
     for line in lines[1:]:
         if len(line) > MAX_LINE_LENGTH:
             raise SipParseError("header line too long", partial=partial)
@@ -437,8 +444,6 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
         if not colon or not name or not _TOKEN.match(name):
             raise SipParseError(f"malformed header line {line[:60]!r}", partial=partial)
         msg.headers.add(name, value.strip())
-    _check(msg, body, datagram, partial)
-    return msg
 
 
 def _check(msg: Request | Response, body: bytes, datagram: bool, partial: Request | None) -> None:

@@ -60,7 +60,9 @@ def run(fn, *args):
 
 @pytest.fixture
 def gateway(kamailio):
-    gw = start_gateway(kamailio.host, kamailio.port)
+    # these tests are about the answers: every stranger's request is read (the rate at which they
+    # are read is tested in tests/sip/test_transport.py and test_sip_abuse.py)
+    gw = start_gateway(kamailio.host, kamailio.port, sip__stranger_messages_per_second_per_address=1000)
     yield gw
     gw.stop()
 

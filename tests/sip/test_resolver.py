@@ -499,7 +499,11 @@ def test_requests_before_the_first_answer_fail_at_once_with_a_local_503():
     stack.send_request(request, got.append)
     clock.advance(0)
     assert [(r.status, r.local) for r in got] == [(503, True)]
-    assert stack.health() == {"pbx_target": None, "pbx_dns": {"pbx.test": {"ok": False, "addresses": []}}}
+    health = stack.health()
+    assert {k: health[k] for k in ("pbx_target", "pbx_dns")} == {
+        "pbx_target": None,
+        "pbx_dns": {"pbx.test": {"ok": False, "addresses": []}},
+    }
 
 
 class Echo(protocol.DatagramProtocol):

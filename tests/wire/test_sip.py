@@ -745,10 +745,20 @@ def test_invalid_fixtures_partial_gives_400() -> None:
         assert isinstance(e.value.partial, Request), name
         resp = make_response(e.value.partial, e.value.status)
         assert resp.status == 400 and resp.call_id and resp.headers.get("CSeq"), name
-    for name in ("ltgtruri", "lwsruri", "lwsstart", "trws", "badvers"):
+    for name in ("ltgtruri", "lwsruri", "lwsstart", "trws"):
         with pytest.raises(SipParseError) as e:
             parse_message(fixture(name))
         assert e.value.partial is None  # no readable request line
+
+
+def test_other_sip_version_gives_a_505_to_answer() -> None:
+    """RFC 4475 §3.3.15: SIP/7.0 is answered 505, so the request's headers are read."""
+    with pytest.raises(SipParseError) as e:
+        parse_message(fixture("badvers"))
+    assert e.value.status == 505 and isinstance(e.value.partial, Request)
+    resp = make_response(e.value.partial, 505)
+    assert resp.headers.get("Via") == "SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw"
+    assert resp.call_id == "badvers.31417@c.example.com" and resp.headers.get("CSeq") == "1 OPTIONS"
 
 
 # --------------------------------------------------------------------------- other invalid input
