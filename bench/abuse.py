@@ -444,12 +444,30 @@ def main() -> None:
     if args.list:
         for name, (what, _) in PROBES.items():
             print(f"{name:20} {what}")
+        for name, (what, _) in SIP_PROBES.items():
+            print(f"{name:20} {what}")
         return
-    names = args.probes or list(PROBES)
-    unknown = [n for n in names if n not in PROBES]
+    names = args.probes or [*PROBES, *SIP_PROBES]
+    unknown = [n for n in names if n not in PROBES and n not in SIP_PROBES]
     if unknown:
         parser.error(f"unknown probe(s): {', '.join(unknown)} (see --list)")
-    asyncio.run(main_async(names))
+    ws_rtmp = [n for n in names if n in PROBES]
+    if ws_rtmp:
+        asyncio.run(main_async(ws_rtmp))
+    for name in names:
+        if name in SIP_PROBES:
+            # Twisted-based, with its own Kamailio, echo UAS and gateway: bench/abuse_sip.py
+            subprocess.run(
+                [sys.executable, str(ROOT / "bench" / "abuse_sip.py"), SIP_PROBES[name][1]],
+                cwd=ROOT, check=False, timeout=600,
+            )
+
+
+#: probes run by bench/abuse_sip.py: name -> (what, its name there)
+SIP_PROBES = {
+    "sip-udp-flood": ("SIP: 20,000 UDP requests with random methods from a non-PBX address", "udp"),
+    "sip-tcp-conns": ("SIP: 1,100 TCP connections from one non-PBX address", "tcp"),
+}
 
 
 if __name__ == "__main__":
