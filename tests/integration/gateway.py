@@ -52,6 +52,9 @@ def start_gateway(pbx_host: str, pbx_port: int, **overrides) -> Gateway:
     # the tests drive one session far beyond a person's pace; the limits' own tests set them
     config.websocket.calls_per_minute = config.websocket.messages_per_minute = 1_000_000
     config.websocket.dtmf_per_minute = config.websocket.requests_per_minute = 1_000_000
+    # every test client comes from 127.0.0.1: the per-address caps would refuse a crowd
+    config.websocket.max_unauthenticated_per_address = config.websocket.max_unauthenticated = 100_000
+    config.rtmp.max_connections_per_address = 100_000
     for key, value in overrides.items():
         section, _, name = key.partition("__")
         target = getattr(config, section)
