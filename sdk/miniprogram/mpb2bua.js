@@ -401,6 +401,25 @@ class Call extends Emitter {
   }
 
   /**
+   * Ask the gateway whether it still has this call, without side effects: `answer` is refused
+   * with `bad_state` for any call it has that is not ringing in, `call_not_found` once it ended.
+   * Used after a resume and after a dead media stream (3004), since a `hangup` event written to a
+   * socket that had silently died is lost. Never for an `incoming` call (that would answer it).
+   */
+  _verify() {
+    if (this.state === 'ended' || this.state === 'incoming' || this._pendingEnd || this._verifying) return;
+    this._verifying = true;
+    this._request('answer').then(() => { this._verifying = false; }, (err) => {
+      this._verifying = false;
+      if (err.reason === 'call_not_found' && this.state !== 'ended') {
+        const params = { call: this.id, cause: 'NORMAL_UNSPECIFIED', reason: 'the gateway no longer has the call', by: 'remote' };
+        this._ended(params);
+        this.client.emit('hangup', params);
+      }
+    });
+  }
+
+  /**
    * Hold (`held` state) / unhold (`active`).
    * @returns {Promise<{call:string, held:boolean}>}
    */
@@ -453,7 +472,10 @@ class Call extends Emitter {
     this.handles.push(handle);
     handle.on('state', (e) => {
       if (e.code === 5000 || e.code === 5001) this.client._mediaNeedsRestart = true;
-      if (handle.state === 'ended') this.client._probe('media stream closed by the gateway');
+      if (handle.state === 'ended') { // 3004: the gateway closed the stream, i.e. the key is dead
+        if (this.client._canSend()) this._verify();
+        this.client._probe('media stream closed by the gateway');
+      }
       this._updateQuality();
     });
     handle.on('netstatus', () => this._updateQuality());
@@ -1058,6 +1080,7 @@ class Mpb2buaClient extends Emitter {
     this._task = task;
     // wx honours `timeout` only from base library 2.x on some platforms: keep our own bound too
     guard = this._timers.setTimeout(() => fail(`no connection within ${this.connectTimeout} ms`), this.connectTimeout + 500);
+    this._connectGuard = guard;
     task.onOpen(() => {
       if (!current() || failed) return;
       opened = true;
@@ -1086,6 +1109,8 @@ class Mpb2buaClient extends Emitter {
 
   /** Forget the current socket (its late callbacks are ignored) and close it. */
   _dropSocket(code = 1000, reason = '') {
+    if (this._connectGuard) this._timers.clearTimeout(this._connectGuard);
+    this._connectGuard = null;
     const task = this._task;
     this._task = null;
     this._generation++;
@@ -1185,7 +1210,10 @@ class Mpb2buaClient extends Emitter {
           this._settle(null, Object.assign({ resumed: true }, result));
           // queued events came right after the result; then send what waited for the connection
           this._timers.setTimeout(() => {
-            for (const call of Array.from(this.calls.values())) call._flushEnd();
+            for (const call of Array.from(this.calls.values())) {
+              call._flushEnd();
+              call._verify(); // its hangup event may have been written to the dead socket
+            }
           }, 0);
         }, (err) => {
           if (err.reason === 'disconnected') return; // the new socket died too: already rescheduled
@@ -1313,6 +1341,11 @@ class Mpb2buaClient extends Emitter {
     this.emit('networkChanged', { isConnected, networkType: type });
     if (!isConnected) {
       if (this.state === 'reconnecting') this._cancelReconnect(); // pause: attempts would fail anyway
+      else if (this._canSend() && this.session) {
+        // the socket dies with the network, often without telling: requests wait for the resume
+        this._dropSocket(4000, 'network lost');
+        this._socketLost(1006, 'network lost');
+      }
       return;
     }
     if (this.state === 'reconnecting') {

@@ -242,10 +242,17 @@ test('3004 is final: no restart, and the connection is checked at once', async (
   handle.statechange(2004);
   assert.equal(handle.statechange(3004), 'ended');
   assert.equal(handle.statechange(-2301), 'ended');
+  // is the call still there? `answer` on an answered call is bad_state, on an ended one call_not_found
+  const verify = await ctx.task.nextFrame();
+  assert.deepEqual([verify.method, verify.params], ['answer', { call: 'cIn' }]);
   const ping = await ctx.task.nextFrame();
   assert.equal(ping.method, 'ping');
   await handle.restart();
   assert.deepEqual(player.calls, []);
+  ctx.task.fail(verify, -32014, 'call_not_found');
+  await tick(1);
+  assert.equal(call.state, 'ended');
+  assert.deepEqual(player.calls, ['stop']);
 });
 
 test('call objects follow the states of protocol.md 7.2 and the quality indicator', async () => {
