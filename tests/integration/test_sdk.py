@@ -75,6 +75,15 @@ def test_sdk_unit_tests_pass(node_sdk):
     assert "# fail 0" in done.stdout and "# pass 0" not in done.stdout
 
 
+def test_sdk_typings_check_against_miniprogram_api_typings(node_sdk):
+    """mpb2bua.d.ts and a usage sample compile with tsc --noEmit against miniprogram-api-typings."""
+    tsc = SDK_DIR / "node_modules" / "typescript" / "bin" / "tsc"
+    done = subprocess.run(
+        [node_sdk, str(tsc), "-p", "."], cwd=SDK_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
 @pytest.fixture
 def gateway(kamailio):
     require_binary("sipp")
