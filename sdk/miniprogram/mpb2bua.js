@@ -10,6 +10,12 @@
  * `resume {session}` after a network drop (calls and registration survive the
  * drop on the gateway for its grace period, 30 s by default).
  *
+ * One session at a time: the session id is kept (in memory and in wx storage, with the time
+ * the gateway was last heard), `resume` is always tried before a new `login`, and the client
+ * does not give up before the gateway's grace period has passed. A lifecycle layer follows the
+ * app (wx.onAppHide/onAppShow), the network (wx.onNetworkStatusChange) and audio interruptions
+ * (wx.onAudioInterruptionBegin/End). Calls are `Call` objects that follow docs/protocol.md §7.2.
+ *
  * Media does not go through this socket: `call`/`answer` results and the
  * `incoming` event carry RTMP `push_url`/`play_url` for <live-pusher>/<live-player>;
  * see attachPusher/attachPlayer and pusherState/playerState.
@@ -22,22 +28,35 @@
 const PROTOCOL_EVENTS = Object.freeze([
   'registered', 'registration_failed', 'unregistered',
   'incoming', 'ringing', 'early_media', 'answered', 'hangup', 'hold', 'dtmf', 'info',
-  'message', 'transfer_progress', 'media',
+  'message', 'transfer_progress', 'media', 'pbx',
 ]);
 
 /** Events produced by the SDK itself. */
-const SDK_EVENTS = Object.freeze(['connected', 'reconnecting', 'resumed', 'disconnected', 'error']);
+const SDK_EVENTS = Object.freeze([
+  'connected', 'reconnecting', 'resumed', 'disconnected', 'error',
+  'call', 'callState', 'networkChanged', 'mediaInterrupted', 'mediaResumed', 'appHide', 'appShow',
+]);
+
+/** The `cause` of the `hangup` the SDK reports for calls the gateway ended without an event
+ * (the session expired while the client was away: docs/protocol.md §3 `resume`). */
+const CAUSE_SESSION_EXPIRED = 'SESSION_EXPIRED';
+/** The same for a session that ended otherwise (node shutdown, registration given up, logout). */
+const CAUSE_SESSION_ENDED = 'SESSION_ENDED';
+
+const STORAGE_KEY = 'mpb2bua.session';
 
 /** WebSocket close codes the gateway uses (docs/protocol.md §5). */
 const CLOSE_GOING_AWAY = 1001;
 const CLOSE_REPLACED = 4001;
 
 const DEFAULT_RECONNECT = Object.freeze({
-  maxAttempts: 8,
+  maxAttempts: 8, // 0 (or reconnect: false) disables reconnection; otherwise it no longer limits it
   baseDelay: 500,
   maxDelay: 8000,
   jitter: 0.3,
   gracePeriod: 30000,
+  graceSlack: 5000, // the gateway starts its grace when it notices the loss, after our last frame
+  probeTimeout: 3000, // ping timeout used after app show, a network change or a dead media stream
 });
 
 /**
@@ -66,6 +85,8 @@ class Mpb2buaError extends Error {
     this.reason = reason;
     this.sipStatus = sipStatus;
     this.data = data;
+    /** Seconds to wait before retrying (`rate_limited`), or null. */
+    this.retryAfter = typeof data.retry_after === 'number' ? data.retry_after : null;
   }
 
   /**
@@ -187,17 +208,325 @@ function dropUndefined(obj) {
   return out;
 }
 
+// ---- calls ------------------------------------------------------------------------------------
+
+/** Call states of docs/protocol.md §7.2. */
+const CALL_STATES = Object.freeze(['calling', 'ringing', 'early', 'incoming', 'answering', 'active', 'held', 'ended']);
+
 /**
- * The mpb2bua client: one WebSocket to the gateway, one logged-in SIP user.
+ * One call of the session, in either direction, following docs/protocol.md §7.2. Get them from
+ * `client.call()` (resolves with the Call), the client's `call` event (every new Call, inbound
+ * ones with the `incoming` params) or `client.calls`.
+ *
+ * Events (call.on): `state {state, previous}`, every protocol call event of this call
+ * (`ringing`, `early_media`, `answered`, `hangup`, `hold`, `dtmf`, `info`, `transfer_progress`,
+ * `media`), `quality {level, reasons}`, `ending {method}` (a hangup/reject is waiting for the
+ * connection to come back), `media {…}`.
+ *
+ * `hangup()` and `reject()` issued while the client is reconnecting are held and sent once the
+ * session is resumed: the call is never shown as ended before the gateway says so (the `hangup`
+ * event), since the SIP call is still up until then.
+ * @extends Emitter
+ */
+class Call extends Emitter {
+  constructor(client, fields) {
+    super();
+    this.client = client;
+    /** The gateway's call id. */
+    this.id = fields.id;
+    /** `outbound` or `inbound`. */
+    this.direction = fields.direction;
+    /** @type {'calling'|'ringing'|'early'|'incoming'|'answering'|'active'|'held'|'ended'} */
+    this.state = fields.state;
+    this.to = fields.to || null;
+    this.from = fields.from || null;
+    this.display = fields.display || null;
+    this.video = Boolean(fields.video);
+    this.pushUrl = fields.pushUrl;
+    this.playUrl = fields.playUrl;
+    this.headers = fields.headers || null;
+    this.codec = fields.codec || null;
+    /** The far end put us on hold (`hold` event). */
+    this.remoteHeld = Boolean(fields.remoteHeld);
+    this.createdAt = fields.createdAt || Date.now();
+    this.answeredAt = fields.answeredAt || null;
+    this.endedAt = null;
+    /** The `hangup` event's params once ended. */
+    this.end = null;
+    /** A hangup/reject waiting for the connection: `{method, status?}` or null. */
+    this.ending = null;
+    /** `unknown`, `good`, `fair`, `poor` or `lost` (see quality()). */
+    this.quality = 'unknown';
+    this.media = { publisher: null, player: null }; // the gateway's view: connected | gone
+    this.handles = [];
+    this._pendingEnd = null;
+    this._heldByInterruption = false;
+  }
+
+  /** Whether the call is still up or being set up. */
+  get live() { return this.state !== 'ended'; }
+
+  /** Seconds since the answer (0 before). */
+  get duration() {
+    if (!this.answeredAt) return 0;
+    return Math.max(0, Math.round(((this.endedAt || Date.now()) - this.answeredAt) / 1000));
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    if (state === 'active' && !this.answeredAt) this.answeredAt = Date.now();
+    this.emit('state', { state, previous });
+    this.client._callChanged(this, previous);
+  }
+
+  /** A protocol event for this call (routed by the client). */
+  _event(name, params) {
+    if (this.state === 'ended') return;
+    switch (name) {
+      case 'ringing': if (this.direction === 'outbound') this._setState('ringing'); break;
+      case 'early_media':
+        if (params.codec) this.codec = params.codec;
+        if (this.direction === 'outbound') this._setState('early');
+        break;
+      case 'answered':
+        if (params.codec) this.codec = params.codec;
+        if (params.video !== undefined) this.video = Boolean(params.video);
+        this._setState('active');
+        break;
+      case 'hold': this.remoteHeld = Boolean(params.held); break;
+      case 'media':
+        if (params.stream === 'publisher' || params.stream === 'player') this.media[params.stream] = params.state;
+        this._updateQuality();
+        break;
+      case 'hangup': this._ended(params); return;
+      default: break;
+    }
+    this.emit(name, params);
+  }
+
+  _ended(params) {
+    this.end = params;
+    this.endedAt = Date.now();
+    for (const handle of this.handles.splice(0)) handle.stop();
+    const pending = this._pendingEnd;
+    this._pendingEnd = null;
+    this.ending = null;
+    this._setState('ended');
+    this.emit('hangup', params);
+    if (pending) pending.resolve({});
+  }
+
+  _request(method, params, options) {
+    return this.client.request(method, Object.assign({ call: this.id }, params || {}), options);
+  }
+
+  /**
+   * Answer an incoming call. Resolves `{call}`; the state becomes `answering`, then `active`
+   * on `answered`.
+   * @returns {Promise<{call:string}>}
+   */
+  async answer() {
+    const result = await this._request('answer');
+    if (this.state === 'incoming') this._setState('answering');
+    return result;
+  }
+
+  /**
+   * Refuse an incoming call (486 by default, 603 to decline everywhere). While the client is
+   * reconnecting it is held and sent after the resume.
+   * @param {number} [status]
+   * @returns {Promise<{}>} resolves once the gateway has it or the call has ended anyway
+   */
+  reject(status) {
+    return this._endCall('reject', status !== undefined ? { status } : {});
+  }
+
+  /**
+   * Hang up (CANCEL, 486 or BYE by state). While the client is reconnecting it is held and sent
+   * after the resume; the call stays in its state until the gateway's `hangup` event.
+   * @returns {Promise<{}>} resolves once the gateway has it or the call has ended anyway
+   */
+  hangup() {
+    return this._endCall('hangup', {});
+  }
+
+  _endCall(method, params) {
+    if (this.state === 'ended') return Promise.resolve({});
+    if (this._pendingEnd) return this._pendingEnd.promise;
+    if (this.client._canSend()) {
+      return this._request(method, params).catch((err) => {
+        if (err.reason === 'call_not_found' || this.state === 'ended') return {}; // it ended meanwhile
+        if (err.reason === 'disconnected' || err.reason === 'not_connected') return this._queueEnd(method, params);
+        throw err;
+      });
+    }
+    if (!this.client.session) {
+      return Promise.reject(new Mpb2buaError({ reason: 'not_connected', message: `${method}: no session` }));
+    }
+    return this._queueEnd(method, params);
+  }
+
+  _queueEnd(method, params) {
+    if (this.state === 'ended') return Promise.resolve({});
+    if (this._pendingEnd) return this._pendingEnd.promise;
+    const pending = { method, params };
+    pending.promise = new Promise((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
+    this._pendingEnd = pending;
+    this.ending = { method };
+    this.emit('ending', { method });
+    this.client._callChanged(this, this.state);
+    return pending.promise;
+  }
+
+  /** Send the held hangup/reject (after a resume). */
+  _flushEnd() {
+    const pending = this._pendingEnd;
+    if (!pending || this.state === 'ended') return;
+    this._request(pending.method, pending.params).then(() => {
+      if (this._pendingEnd === pending) {
+        this._pendingEnd = null;
+        this.ending = null;
+        pending.resolve({});
+      }
+    }, (err) => {
+      if (this._pendingEnd !== pending) return;
+      if (err.reason === 'disconnected' || err.reason === 'not_connected') return; // next resume
+      this._pendingEnd = null;
+      this.ending = null;
+      if (err.reason === 'call_not_found') pending.resolve({});
+      else pending.reject(err);
+    });
+  }
+
+  /**
+   * Ask the gateway whether it still has this call, without side effects: `answer` is refused
+   * with `bad_state` for any call it has that is not ringing in, `call_not_found` once it ended.
+   * Used after a resume and after a dead media stream (3004), since a `hangup` event written to a
+   * socket that had silently died is lost. Never for an `incoming` call (that would answer it).
+   */
+  _verify() {
+    if (this.state === 'ended' || this.state === 'incoming' || this._pendingEnd || this._verifying) return;
+    this._verifying = true;
+    this._request('answer').then(() => { this._verifying = false; }, (err) => {
+      this._verifying = false;
+      if (err.reason === 'call_not_found' && this.state !== 'ended') {
+        const params = { call: this.id, cause: 'NORMAL_UNSPECIFIED', reason: 'the gateway no longer has the call', by: 'remote' };
+        this._ended(params);
+        this.client.emit('hangup', params);
+      }
+    });
+  }
+
+  /**
+   * Hold (`held` state) / unhold (`active`).
+   * @returns {Promise<{call:string, held:boolean}>}
+   */
+  async hold() {
+    const result = await this._request('hold');
+    if (this.state === 'active') this._setState('held');
+    return result;
+  }
+
+  /** @returns {Promise<{call:string, held:boolean}>} */
+  async unhold() {
+    const result = await this._request('unhold');
+    if (this.state === 'held') this._setState('active');
+    return result;
+  }
+
+  /**
+   * @param {string} digits
+   * @param {{mode?:'auto'|'rfc4733'|'info'}} [options]
+   * @returns {Promise<{via?:string}>}
+   */
+  dtmf(digits, options) {
+    return this._request('dtmf', dropUndefined({ digits: String(digits), mode: options && options.mode }));
+  }
+
+  /** @param {string} to @returns {Promise<{sip_status:number}>} */
+  transfer(to) { return this._request('transfer', { to }); }
+
+  /** @param {string} contentType @param {string|object} body @returns {Promise<{sip_status:number}>} */
+  sendInfo(contentType, body) {
+    return this._request('send_info', dropUndefined({ content_type: contentType || undefined, body }));
+  }
+
+  /**
+   * Bind a LivePusherContext to this call's push_url (see attachPusher). The handle is stopped
+   * when the call ends and restarted by the client after the app comes back or an interruption.
+   * @param {object} ctx @param {object} [options] @returns {MediaHandle}
+   */
+  attachPusher(ctx, options) { return this.addMedia(attachPusher(ctx, this.pushUrl, options)); }
+
+  /** Bind a LivePlayerContext to this call's play_url (see attachPlayer). @returns {MediaHandle} */
+  attachPlayer(ctx, options) { return this.addMedia(attachPlayer(ctx, this.playUrl, options)); }
+
+  /**
+   * Track a media handle with this call: its states and net status feed the quality level, a
+   * dead stream (3004) makes the client check the connection at once.
+   * @param {MediaHandle} handle @returns {MediaHandle}
+   */
+  addMedia(handle) {
+    this.handles.push(handle);
+    handle.on('state', (e) => {
+      if (e.code === 5000 || e.code === 5001) this.client._mediaNeedsRestart = true;
+      if (handle.state === 'ended') { // 3004: the gateway closed the stream, i.e. the key is dead
+        if (this.client._canSend()) this._verify();
+        this.client._probe('media stream closed by the gateway');
+      }
+      this._updateQuality();
+    });
+    handle.on('netstatus', () => this._updateQuality());
+    return handle;
+  }
+
+  _updateQuality() {
+    if (this.state !== 'active' && this.state !== 'held') return;
+    const reasons = [];
+    let level = 'good';
+    const worse = (l, why) => {
+      const order = ['good', 'fair', 'poor', 'lost'];
+      if (order.indexOf(l) > order.indexOf(level)) level = l;
+      reasons.push(why);
+    };
+    for (const stream of ['publisher', 'player']) if (this.media[stream] === 'gone') worse('lost', `${stream} gone`);
+    for (const h of this.handles) {
+      if (['reconnecting', 'failed', 'stopped', 'interrupted', 'ended'].includes(h.state)) worse('lost', `${h.kind} ${h.state}`);
+      else if (h.state === 'degraded' || h.state === 'buffering') worse('poor', `${h.kind} ${h.state}`);
+      const q = h.netQuality();
+      if (q !== 'good') worse(q, `${h.kind} network`);
+    }
+    if (level !== this.quality) {
+      this.quality = level;
+      this.emit('quality', { level, reasons });
+    }
+  }
+
+  /** What is kept in storage for a cold restart. */
+  _snapshot() {
+    return {
+      id: this.id, direction: this.direction, state: this.state, to: this.to, from: this.from,
+      display: this.display, video: this.video, pushUrl: this.pushUrl, playUrl: this.playUrl,
+      codec: this.codec, createdAt: this.createdAt, answeredAt: this.answeredAt,
+    };
+  }
+}
+
+/**
+ * The mpb2bua client: one WebSocket to the gateway, one logged-in SIP user, one session at a time.
  *
  * States (`client.state`): `idle` → `connecting` → `open` ⇄ `reconnecting`, and `closed`.
  *
  * Events (client.on(name, fn)): every protocol event with its `params` (`registered`,
- * `registration_failed`, `unregistered`, `incoming`, `ringing`, `early_media`, `answered`,
- * `hangup`, `hold`, `dtmf`, `info`, `message`, `transfer_progress`, and any newer one), and
- * the SDK's own: `connected` (connect() succeeded), `reconnecting {attempt, delay, reason}`,
- * `resumed {session, user, state}`, `disconnected {reason, error?}` (the connection is gone
- * for good: log in again), `'*'` (every event, as `(name, payload)`).
+ * `registration_failed`, `unregistered`, `pbx`, `incoming`, `ringing`, `early_media`,
+ * `answered`, `hangup`, `hold`, `dtmf`, `info`, `message`, `transfer_progress`, `media`, and any
+ * newer one), and the SDK's own: `connected`, `reconnecting {attempt, delay, reason}`,
+ * `resumed {session, user, state}`, `disconnected {reason, error?}` (the session is gone: log in
+ * again), `call` (a new Call), `callState {call, state, previous}`, `networkChanged
+ * {isConnected, networkType}`, `mediaInterrupted {reason, calls}`, `mediaResumed {reason, calls}`,
+ * `appHide`, `appShow`, `'*'` (every event, as `(name, payload)`).
  *
  * @extends Emitter
  */
@@ -205,14 +534,23 @@ class Mpb2buaClient extends Emitter {
   /**
    * @param {object} options
    * @param {string} options.url `wss://gateway.example.com/ws` (`ws://` only in tests/DevTools)
-   * @param {object} [options.wx] the `wx` object (defaults to the global `wx`; tests inject a shim)
+   * @param {object} [options.wx] the `wx` object (defaults to the global `wx`; tests inject a stand-in)
    * @param {number} [options.requestTimeout=15000] ms before a request rejects with reason `timeout`.
    *   `login` waits at least 45 s (the gateway's own login timeout is 40 s).
-   * @param {number} [options.pingInterval=20000] ms between keep-alive `ping`s (0 disables them);
-   *   an unanswered ping counts as a lost socket
-   * @param {object} [options.reconnect] `{maxAttempts=8, baseDelay=500, maxDelay=8000,
-   *   jitter=0.3, gracePeriod=30000}`, or `false` to never reconnect
+   * @param {number} [options.connectTimeout=10000] ms to open a socket (wx.connectSocket's own
+   *   default is 60 s, longer than the gateway's grace period)
+   * @param {number} [options.pingInterval=20000] ms between keep-alive `ping`s (0 disables them)
+   * @param {object|false} [options.reconnect] `{baseDelay=500, maxDelay=8000, jitter=0.3,
+   *   gracePeriod=30000, graceSlack=5000, probeTimeout=3000}`, or `false` to never reconnect.
+   *   `gracePeriod` must match the gateway's `websocket.grace_period`.
+   * @param {string|false} [options.storage='mpb2bua.session'] wx storage key of the session
+   *   (id, user, last contact, calls) for a resume after a cold restart; `false`: memory only
+   * @param {boolean} [options.lifecycle=true] follow app hide/show, network and audio interruptions
+   * @param {boolean} [options.holdOnInterruption=true] hold active calls during an audio
+   *   interruption (phone/WeChat call) and take them off hold after
+   * @param {boolean} [options.keepScreenOn=true] wx.setKeepScreenOn while a call is up
    * @param {object} [options.socketOptions] extra members for wx.connectSocket (header, protocols …)
+   * @param {object} [options.timers] `{setTimeout, clearTimeout, setInterval, clearInterval}` (tests)
    */
   constructor(options) {
     super();
@@ -226,21 +564,41 @@ class Mpb2buaClient extends Emitter {
       throw new Mpb2buaError({ reason: 'bad_argument', message: 'no wx.connectSocket available' });
     }
     this.requestTimeout = opts.requestTimeout != null ? opts.requestTimeout : 15000;
+    this.connectTimeout = opts.connectTimeout != null ? opts.connectTimeout : 10000;
     this.pingInterval = opts.pingInterval != null ? opts.pingInterval : 20000;
     this.reconnect = opts.reconnect === false
       ? Object.assign({}, DEFAULT_RECONNECT, { maxAttempts: 0 })
       : Object.assign({}, DEFAULT_RECONNECT, opts.reconnect || {});
     this.socketOptions = opts.socketOptions || {};
     this.random = opts.random || Math.random;
+    this.storageKey = opts.storage === false ? null : (opts.storage || STORAGE_KEY);
+    this.lifecycle = opts.lifecycle !== false;
+    this.holdOnInterruption = opts.holdOnInterruption !== false;
+    this.keepScreenOn = opts.keepScreenOn !== false;
+    const t = opts.timers || {};
+    this._timers = {
+      setTimeout: t.setTimeout || ((fn, ms) => setTimeout(fn, ms)),
+      clearTimeout: t.clearTimeout || ((id) => clearTimeout(id)),
+      setInterval: t.setInterval || ((fn, ms) => setInterval(fn, ms)),
+      clearInterval: t.clearInterval || ((id) => clearInterval(id)),
+    };
 
     /** @type {'idle'|'connecting'|'open'|'reconnecting'|'closed'} */
     this.state = 'idle';
-    /** The session id from login (what resume needs); null when not logged in. */
+    /** The session id (what resume needs); null when there is none to resume. */
     this.session = null;
     /** The logged-in SIP user, or null. */
     this.user = null;
     /** Round-trip time of the last ping, ms. */
     this.lastRtt = null;
+    /** Whether the phone has a network (from wx.onNetworkStatusChange). */
+    this.online = true;
+    /** The last network type seen (`wifi`, `4g` …), or null. */
+    this.networkType = null;
+    /** Whether the gateway can reach the PBX (`pbx` event). */
+    this.pbxReachable = true;
+    /** Live calls by id. @type {Map<string, Call>} */
+    this.calls = new Map();
 
     this._task = null;
     this._generation = 0;
@@ -249,20 +607,48 @@ class Mpb2buaClient extends Emitter {
     this._pingTimer = null;
     this._reconnectTimer = null;
     this._attempt = 0;
-    this._lostAt = 0;
+    this._attempting = false;
+    this._lastSeen = 0;
     this._resuming = false;
+    this._settleWaiters = [];
+    this._lifecycleOff = null;
+    this._mediaNeedsRestart = false;
+    this._interrupted = false;
+    this._hidden = false;
+    this._restore();
   }
 
   // ---- connection -------------------------------------------------------------------------
 
   /**
-   * Open the WebSocket. Resolves once it is open; rejects with an Mpb2buaError
-   * (`connect_failed`) when it cannot be opened. Emits `connected`.
-   * @returns {Promise<void>}
+   * Open the WebSocket. With a session to resume (from this client or from storage, still within
+   * the grace period) it resumes it first and resolves `{resumed: true, session, user, state}`;
+   * if the gateway no longer has it, the session's calls end (`hangup` cause `SESSION_EXPIRED`) and
+   * it resolves `{resumed: false}` with the socket open for a login. During a reconnection it
+   * joins it (tries at once) and settles with its outcome. Rejects `connect_failed`.
+   * @returns {Promise<{resumed:boolean, session?:string, user?:string, state?:string}>}
    */
   connect() {
-    if (this.state === 'open') return Promise.resolve();
+    this._bindLifecycle();
+    if (this.state === 'open' && !this._resuming) return Promise.resolve({ resumed: false });
     if (this.state === 'connecting' && this._connecting) return this._connecting;
+    if (this.state === 'reconnecting' || this._resuming) {
+      const settled = this._whenSettled();
+      this._reconnectNow('connect()');
+      return settled;
+    }
+    if (this.session && this.reconnect.maxAttempts > 0) {
+      // a session from before (a cold restart, or close() without logout): resume it
+      this.state = 'reconnecting';
+      this._attempt = 0;
+      const settled = this._whenSettled();
+      this._reconnectNow('resume stored session');
+      // the session could not be resumed and is forgotten (grace over): a plain connect for a login
+      return settled.catch((err) => {
+        if (err.reason === 'closed') throw err;
+        return this.connect();
+      });
+    }
     this._cancelReconnect();
     this.state = 'connecting';
     this._connecting = new Promise((resolve, reject) => {
@@ -272,7 +658,7 @@ class Mpb2buaClient extends Emitter {
           this.state = 'open';
           this._startPing();
           this.emit('connected', { url: this.url });
-          resolve();
+          resolve({ resumed: false });
         },
         onFail: (why) => {
           this._connecting = null;
@@ -285,9 +671,10 @@ class Mpb2buaClient extends Emitter {
   }
 
   /**
-   * Close the socket for good: stops keep-alive and reconnection; requests in flight reject with
-   * reason `closed`. The gateway keeps a logged-in session for its grace period: call logout()
-   * first to end it at once. Emits `disconnected {reason: 'closed'}` unless already closed.
+   * Close the socket: stops keep-alive, reconnection and the lifecycle layer; requests in flight
+   * reject with reason `closed`. The gateway keeps the session for its grace period and so does
+   * the client (a later connect() resumes it): call logout() first to end it at once. Emits
+   * `disconnected {reason: 'closed'}` unless already closed.
    * @param {number} [code=1000]
    * @param {string} [reason]
    */
@@ -296,9 +683,14 @@ class Mpb2buaClient extends Emitter {
     this._cancelReconnect();
     this._stopPing();
     this._rejectAll('closed', 'the client was closed');
+    if (this._task) this._lastSeen = Date.now();
     this._dropSocket(code, reason);
+    this._unbindLifecycle();
     this.state = 'closed';
-    this.session = null;
+    this._resuming = false;
+    this._attempting = false;
+    this._save();
+    this._settle(new Mpb2buaError({ reason: 'closed', message: 'the client was closed' }));
     if (!wasClosed) this.emit('disconnected', { reason: 'closed' });
   }
 
@@ -307,33 +699,48 @@ class Mpb2buaClient extends Emitter {
   /**
    * Log in as a SIP user: `{user, password}`, `{user, ha1}` or `{token}`. Resolves with
    * `{session, user, expires}` once the gateway's REGISTER succeeded (a `registered` event
-   * follows). Rejects with reason `auth_failed` (sipStatus 401/403/407), `token_invalid`,
-   * `timeout`, `pbx_unreachable`, `rate_limited` …
+   * follows). When this client already holds a live session of the same user (resumed by
+   * connect(), or being resumed), that session is kept: resolves `{session, user, resumed: true}`
+   * without a second login. Rejects with reason `auth_failed` (sipStatus 401/403/407),
+   * `token_invalid`, `timeout`, `pbx_unreachable`, `rate_limited` …
    * @param {{user?:string, password?:string, ha1?:string, token?:string}} credentials
-   * @returns {Promise<{session:string, user:string, expires:number}>}
+   * @returns {Promise<{session:string, user:string, expires?:number, resumed?:boolean}>}
    */
   async login(credentials) {
     const c = credentials || {};
+    if (this.state === 'idle' || this.state === 'closed' || this.state === 'reconnecting' || this._resuming) {
+      try {
+        await this.connect();
+      } catch (err) {
+        if (err.reason === 'connect_failed' || err.reason === 'closed' || this.state !== 'closed' || this.session) throw err;
+        await this.connect(); // the old session was lost for good: a fresh socket for this login
+      }
+    }
+    if (this.session && this.state === 'open' && !this._resuming && (c.user === undefined || c.user === this.user)) {
+      return { session: this.session, user: this.user, resumed: true };
+    }
     const params = c.token !== undefined
       ? { token: c.token }
       : dropUndefined({ user: c.user, password: c.password, ha1: c.ha1 });
     const result = await this.request('login', params, { timeout: Math.max(this.requestTimeout, 45000) });
     this.session = result.session;
     this.user = result.user;
+    this._lastSeen = Date.now();
+    this._save();
     return result;
   }
 
   /**
-   * Log out: the gateway un-registers the user and ends the session (calls are hung up).
-   * The socket stays open and may log in again.
+   * Log out: the gateway ends the session (calls are hung up without events) and the stored
+   * session is forgotten. The socket stays open and may log in again.
    * @returns {Promise<{}>}
    */
   async logout() {
     try {
       return await this.request('logout', {});
     } finally {
-      this.session = null;
-      this.user = null;
+      this._forgetSession();
+      for (const call of Array.from(this.calls.values())) call._ended({ call: call.id, cause: 'NORMAL_CLEARING', reason: 'logout', by: 'local' });
     }
   }
 
@@ -351,17 +758,27 @@ class Mpb2buaClient extends Emitter {
   // ---- calls ------------------------------------------------------------------------------
 
   /**
-   * Call a number, extension or `sip:` URI. Resolves with `{call, push_url, play_url}` at once
-   * (the INVITE is on its way): start the pusher and the player with those URLs, then follow
-   * the `ringing`, `early_media`, `answered` and `hangup` events of that `call`.
+   * Call a number, extension or `sip:` URI. Resolves with a Call (which also has the protocol's
+   * `call`, `push_url`, `play_url` members) at once, the INVITE being on its way.
    * @param {string} to
    * @param {{video?:boolean, headers?:Object<string,string>}} [options] `headers`: up to 10 `X-` headers
-   * @returns {Promise<{call:string, push_url:string, play_url:string}>}
+   * @returns {Promise<Call & {call:string, push_url:string, play_url:string}>}
    */
-  call(to, options) {
+  async call(to, options) {
     const o = options || {};
-    return this.request('call', dropUndefined({ to, video: o.video, headers: o.headers }));
+    const result = await this.request('call', dropUndefined({ to, video: o.video, headers: o.headers }));
+    let call = this.calls.get(result.call);
+    if (!call) {
+      call = new Call(this, { id: result.call, direction: 'outbound', state: 'calling', to, video: o.video,
+        pushUrl: result.push_url, playUrl: result.play_url, headers: o.headers });
+      this._addCall(call);
+    }
+    // the protocol's result members, for code written against the plain result
+    return Object.assign(call, { call: result.call, push_url: result.push_url, play_url: result.play_url });
   }
+
+  /** The Call with this id, or undefined. @param {string} id @returns {Call|undefined} */
+  getCall(id) { return this.calls.get(id); }
 
   /**
    * Answer an `incoming` call (its push_url/play_url came with the event).
@@ -369,64 +786,58 @@ class Mpb2buaClient extends Emitter {
    * @returns {Promise<{call:string}>}
    */
   answer(call) {
-    return this.request('answer', { call: callId(call) });
+    const known = this.calls.get(callId(call));
+    return known ? known.answer() : this.request('answer', { call: callId(call) });
   }
 
   /**
-   * Refuse an `incoming` call.
+   * Refuse an `incoming` call; held while reconnecting (see Call#reject).
    * @param {string|{call:string}} call
    * @param {number} [status=486] SIP status 400–699 (486 busy, 603 decline …)
    * @returns {Promise<{}>}
    */
   reject(call, status) {
-    return this.request('reject', dropUndefined({ call: callId(call), status }));
+    const known = this.calls.get(callId(call));
+    return known ? known.reject(status) : this.request('reject', dropUndefined({ call: callId(call), status }));
   }
 
   /**
-   * Hang up (or cancel, while it rings) a call; a `hangup` event follows.
+   * Hang up (or cancel, while it rings) a call; held while reconnecting (see Call#hangup).
    * @param {string|{call:string}} call
    * @returns {Promise<{}>}
    */
   hangup(call) {
-    return this.request('hangup', { call: callId(call) });
+    const known = this.calls.get(callId(call));
+    return known ? known.hangup() : this.request('hangup', { call: callId(call) });
   }
 
   /**
    * Send DTMF digits (`0-9 * # A-D`, up to 32) on an answered call.
    * @param {string|{call:string}} call
    * @param {string} digits
-   * @param {{mode?:'auto'|'rfc4733'|'info'}} [options] how to send them (gateways that support it:
-   *   RFC 4733 telephone-events in the RTP stream, or SIP INFO; default: the gateway's `media.dtmf`)
-   * @returns {Promise<{via?:string}>} resolves when the digits are sent (`via`: how, on newer gateways)
+   * @param {{mode?:'auto'|'rfc4733'|'info'}} [options]
+   * @returns {Promise<{via?:string}>}
    */
   dtmf(call, digits, options) {
     const mode = options && options.mode;
     return this.request('dtmf', dropUndefined({ call: callId(call), digits: String(digits), mode }));
   }
 
-  /**
-   * Put an answered call on hold (re-INVITE sendonly).
-   * @param {string|{call:string}} call
-   * @returns {Promise<{call:string, held:boolean}>}
-   */
+  /** Put an answered call on hold. @param {string|{call:string}} call @returns {Promise<{call:string, held:boolean}>} */
   hold(call) {
-    return this.request('hold', { call: callId(call) });
+    const known = this.calls.get(callId(call));
+    return known ? known.hold() : this.request('hold', { call: callId(call) });
   }
 
-  /**
-   * Take a call off hold.
-   * @param {string|{call:string}} call
-   * @returns {Promise<{call:string, held:boolean}>}
-   */
+  /** Take a call off hold. @param {string|{call:string}} call @returns {Promise<{call:string, held:boolean}>} */
   unhold(call) {
-    return this.request('unhold', { call: callId(call) });
+    const known = this.calls.get(callId(call));
+    return known ? known.unhold() : this.request('unhold', { call: callId(call) });
   }
 
   /**
    * Blind transfer (SIP REFER) of an answered call; `transfer_progress` events follow.
-   * @param {string|{call:string}} call
-   * @param {string} to number, extension or sip: URI
-   * @returns {Promise<{sip_status:number}>}
+   * @param {string|{call:string}} call @param {string} to @returns {Promise<{sip_status:number}>}
    */
   transfer(call, to) {
     return this.request('transfer', { call: callId(call), to });
@@ -434,9 +845,7 @@ class Mpb2buaClient extends Emitter {
 
   /**
    * Send a SIP INFO inside a call.
-   * @param {string|{call:string}} call
-   * @param {string} contentType e.g. `application/json` (defaults to text/plain when empty)
-   * @param {string|object} body a string, or an object sent as JSON
+   * @param {string|{call:string}} call @param {string} contentType @param {string|object} body
    * @returns {Promise<{sip_status:number}>}
    */
   sendInfo(call, contentType, body) {
@@ -445,20 +854,51 @@ class Mpb2buaClient extends Emitter {
 
   /**
    * Send a SIP MESSAGE outside any call.
-   * @param {string} to number, extension or sip: URI
-   * @param {string} contentType e.g. `text/plain`
-   * @param {string|object} body
+   * @param {string} to @param {string} contentType @param {string|object} body
    * @returns {Promise<{sip_status:number}>}
    */
   message(to, contentType, body) {
     return this.request('message', dropUndefined({ to, content_type: contentType || undefined, body }));
   }
 
+  _addCall(call) {
+    this.calls.set(call.id, call);
+    this._save();
+    this.emit('call', call);
+    this._applyKeepScreenOn();
+  }
+
+  _callChanged(call, previous) {
+    if (call.state === 'ended') this.calls.delete(call.id);
+    if (previous !== call.state) this.emit('callState', { call, state: call.state, previous });
+    this._save();
+    this._applyKeepScreenOn();
+  }
+
+  /** The gateway ended the session's calls without events (docs/protocol.md §3): say so. */
+  _endAllCalls(reason) {
+    const expired = reason === 'session_not_found' || reason === 'grace_expired';
+    for (const call of Array.from(this.calls.values())) {
+      const params = { call: call.id, cause: expired ? CAUSE_SESSION_EXPIRED : CAUSE_SESSION_ENDED, reason, by: 'local' };
+      call._ended(params);
+      this.emit('hangup', params);
+    }
+  }
+
+  _applyKeepScreenOn() {
+    if (!this.keepScreenOn || typeof this.wx.setKeepScreenOn !== 'function') return;
+    const on = Array.from(this.calls.values()).some((c) => c.live);
+    if (on === this._screenOn) return;
+    this._screenOn = on;
+    try { this.wx.setKeepScreenOn({ keepScreenOn: on, fail() {} }); } catch (err) { /* not in this host */ }
+  }
+
   // ---- JSON-RPC plumbing ------------------------------------------------------------------
 
   /**
    * Send any JSON-RPC request (for methods newer than this SDK). Resolves with `result`,
-   * rejects with an Mpb2buaError. Nothing is ever re-sent after a reconnection.
+   * rejects with an Mpb2buaError. Nothing is ever re-sent after a reconnection (only a Call's
+   * hangup/reject are held until the resume).
    * @param {string} method
    * @param {object} [params]
    * @param {{timeout?:number}} [options]
@@ -475,7 +915,7 @@ class Mpb2buaClient extends Emitter {
     if (params && Object.keys(params).length) frame.params = params;
     return new Promise((resolve, reject) => {
       const entry = { method, resolve, reject, timer: null };
-      entry.timer = setTimeout(() => {
+      entry.timer = this._timers.setTimeout(() => {
         if (this._pending.get(id) !== entry) return;
         this._pending.delete(id);
         reject(new Mpb2buaError({ reason: 'timeout', message: `no answer to ${method} within ${timeout} ms` }));
@@ -484,10 +924,14 @@ class Mpb2buaClient extends Emitter {
       this._send(frame, (why) => {
         if (this._pending.get(id) !== entry) return;
         this._pending.delete(id);
-        clearTimeout(entry.timer);
+        this._timers.clearTimeout(entry.timer);
         reject(new Mpb2buaError({ reason: 'send_failed', message: `cannot send ${method}: ${why}` }));
       });
     });
+  }
+
+  _canSend() {
+    return this.state === 'open' && Boolean(this._task) && !this._resuming;
   }
 
   _send(frame, onFail) {
@@ -503,6 +947,7 @@ class Mpb2buaClient extends Emitter {
   }
 
   _onFrame(data) {
+    this._lastSeen = Date.now();
     let msg;
     try {
       msg = JSON.parse(typeof data === 'string' ? data : String(data));
@@ -515,7 +960,7 @@ class Mpb2buaClient extends Emitter {
       const entry = this._pending.get(msg.id);
       if (!entry) return; // timed out already, or from a previous socket
       this._pending.delete(msg.id);
-      clearTimeout(entry.timer);
+      this._timers.clearTimeout(entry.timer);
       if ('error' in msg) entry.reject(Mpb2buaError.fromRpc(msg.error || {}));
       else entry.resolve(msg.result);
       return;
@@ -529,9 +974,17 @@ class Mpb2buaClient extends Emitter {
 
   _onEvent(name, params) {
     if ((name === 'registration_failed' && params.retrying === false) || name === 'unregistered') {
-      this.session = null; // the session has ended on the gateway: nothing left to resume
-      this.user = null;
+      this._forgetSession(); // the session has ended on the gateway: nothing left to resume
+      this._endAllCalls(name);
     }
+    if (name === 'pbx') this.pbxReachable = params.reachable !== false;
+    if (name === 'incoming' && typeof params.call === 'string' && !this.calls.has(params.call)) {
+      this._addCall(new Call(this, { id: params.call, direction: 'inbound', state: 'incoming', from: params.from,
+        to: params.to, display: params.display, video: params.video, headers: params.headers,
+        pushUrl: params.push_url, playUrl: params.play_url }));
+    }
+    const call = typeof params.call === 'string' ? this.calls.get(params.call) : undefined;
+    if (call) call._event(name, params);
     this.emit(name, params);
   }
 
@@ -539,9 +992,54 @@ class Mpb2buaClient extends Emitter {
     const pending = Array.from(this._pending.values());
     this._pending.clear();
     for (const entry of pending) {
-      clearTimeout(entry.timer);
+      this._timers.clearTimeout(entry.timer);
       entry.reject(new Mpb2buaError({ reason, message: `${entry.method}: ${message}` }));
     }
+  }
+
+  // ---- storage ----------------------------------------------------------------------------
+
+  _graceLeft(now = Date.now()) {
+    return this._lastSeen + this.reconnect.gracePeriod + this.reconnect.graceSlack - now;
+  }
+
+  _restore() {
+    if (!this.storageKey || typeof this.wx.getStorageSync !== 'function') return;
+    let saved;
+    try { saved = this.wx.getStorageSync(this.storageKey); } catch (err) { return; }
+    if (!saved || typeof saved !== 'object' || saved.url !== this.url || typeof saved.session !== 'string') return;
+    this._lastSeen = Number(saved.seenAt) || 0;
+    if (this._graceLeft() <= 0) {
+      this._removeStored();
+      return;
+    }
+    this.session = saved.session;
+    this.user = saved.user || null;
+    for (const snap of Array.isArray(saved.calls) ? saved.calls : []) {
+      if (snap && typeof snap.id === 'string' && snap.state !== 'ended') this.calls.set(snap.id, new Call(this, snap));
+    }
+  }
+
+  _save() {
+    if (!this.storageKey || typeof this.wx.setStorageSync !== 'function') return;
+    if (!this.session) return this._removeStored();
+    const value = {
+      url: this.url, session: this.session, user: this.user, seenAt: this._lastSeen,
+      grace: this.reconnect.gracePeriod, calls: Array.from(this.calls.values()).map((c) => c._snapshot()),
+    };
+    try { this.wx.setStorageSync(this.storageKey, value); } catch (err) { /* storage full: memory only */ }
+    return undefined;
+  }
+
+  _removeStored() {
+    if (!this.storageKey || typeof this.wx.removeStorageSync !== 'function') return;
+    try { this.wx.removeStorageSync(this.storageKey); } catch (err) { /* nothing stored */ }
+  }
+
+  _forgetSession() {
+    this.session = null;
+    this.user = null;
+    this._removeStored();
   }
 
   // ---- socket -----------------------------------------------------------------------------
@@ -552,30 +1050,42 @@ class Mpb2buaClient extends Emitter {
     const current = () => generation === this._generation;
     let opened = false;
     let failed = false;
+    let guard = null;
     const fail = (why) => {
-      if (failed || !current()) return;
+      if (failed || opened || !current()) return;
       failed = true;
+      if (guard) this._timers.clearTimeout(guard);
+      const task = this._task;
       this._task = null;
+      this._generation++;
+      if (task) {
+        try { task.close({ code: 1000, reason: 'connect failed', fail() {} }); } catch (err) { /* not open */ }
+      }
       onFail(why);
     };
     let task;
     try {
-      task = this.wx.connectSocket(Object.assign({ tcpNoDelay: true }, this.socketOptions, {
+      task = this.wx.connectSocket(Object.assign({ tcpNoDelay: true, timeout: this.connectTimeout }, this.socketOptions, {
         url: this.url,
-        fail: (res) => { if (!opened) fail((res && res.errMsg) || 'connectSocket failed'); },
+        fail: (res) => fail((res && res.errMsg) || 'connectSocket failed'),
       }));
     } catch (err) {
-      setTimeout(() => fail(err && err.message), 0);
+      this._timers.setTimeout(() => fail(err && err.message), 0);
       return;
     }
     if (!task) {
-      setTimeout(() => fail('connectSocket returned no task'), 0);
+      this._timers.setTimeout(() => fail('connectSocket returned no task'), 0);
       return;
     }
     this._task = task;
+    // wx honours `timeout` only from base library 2.x on some platforms: keep our own bound too
+    guard = this._timers.setTimeout(() => fail(`no connection within ${this.connectTimeout} ms`), this.connectTimeout + 500);
+    this._connectGuard = guard;
     task.onOpen(() => {
       if (!current() || failed) return;
       opened = true;
+      this._timers.clearTimeout(guard);
+      this._lastSeen = Date.now();
       onOpen();
     });
     task.onMessage((res) => {
@@ -599,6 +1109,8 @@ class Mpb2buaClient extends Emitter {
 
   /** Forget the current socket (its late callbacks are ignored) and close it. */
   _dropSocket(code = 1000, reason = '') {
+    if (this._connectGuard) this._timers.clearTimeout(this._connectGuard);
+    this._connectGuard = null;
     const task = this._task;
     this._task = null;
     this._generation++;
@@ -609,41 +1121,53 @@ class Mpb2buaClient extends Emitter {
     }
   }
 
-  _socketLost(code, reason) {
+  _socketLost(code, reason, immediate = false) {
     this._stopPing();
+    this._attempting = false;
     this._rejectAll('disconnected', `the socket closed (${code}${reason ? ' ' + reason : ''}) before the answer`);
     if (code === CLOSE_REPLACED) return this._disconnected('replaced');
     if (code === CLOSE_GOING_AWAY) return this._disconnected('shutdown');
     if (!this.session || this.reconnect.maxAttempts <= 0) return this._disconnected('socket_closed');
-    if (!this._resuming) { // a socket lost while resuming continues the same reconnection
-      this._lostAt = Date.now();
-      this._attempt = 0;
-    }
+    if (!this._resuming) this._attempt = 0; // a socket lost while resuming continues the same reconnection
     this._resuming = false;
     this.state = 'reconnecting';
-    this._scheduleReconnect(`socket closed (${code})`);
+    this._save();
+    if (immediate) this._reconnectNow(`socket closed (${code} ${reason})`);
+    else this._scheduleReconnect(`socket closed (${code})`);
     return undefined;
   }
 
   _disconnected(reason, error) {
     this._resuming = false;
+    this._attempting = false;
     this._cancelReconnect();
     this._stopPing();
     this._dropSocket();
     this.state = 'closed';
-    if (reason !== 'replaced') this.session = null;
-    this.emit('disconnected', error ? { reason, error } : { reason });
+    if (reason !== 'replaced') {
+      this._forgetSession();
+      this._endAllCalls(reason);
+    }
+    const payload = error ? { reason, error } : { reason };
+    this._settle(new Mpb2buaError({ reason, message: `disconnected: ${reason}`, data: error ? error.data : {} }));
+    this.emit('disconnected', payload);
   }
 
   _scheduleReconnect(why, minDelay = 0) {
-    this._attempt += 1;
-    if (this._attempt > this.reconnect.maxAttempts) return this._disconnected('reconnect_failed');
-    const delay = Math.max(minDelay, backoffDelay(this._attempt, this.reconnect, this.random));
-    if (Date.now() + delay - this._lostAt > this.reconnect.gracePeriod) {
+    this._cancelReconnect();
+    if (this._attempt > 0 && this._graceLeft() <= 0 && this.online) {
+      // the gateway has certainly forgotten the session (and we could not reach it to hear so)
       return this._disconnected('grace_expired');
     }
+    if (!this.online) {
+      // no network: waiting costs no attempt; onNetworkStatusChange brings us back at once
+      this.emit('reconnecting', { attempt: this._attempt + 1, delay: null, reason: `${why}; offline` });
+      return undefined;
+    }
+    this._attempt += 1;
+    const delay = Math.max(minDelay, backoffDelay(this._attempt, this.reconnect, this.random));
     this.emit('reconnecting', { attempt: this._attempt, delay, reason: why });
-    this._reconnectTimer = setTimeout(() => {
+    this._reconnectTimer = this._timers.setTimeout(() => {
       this._reconnectTimer = null;
       this._tryResume();
     }, delay);
@@ -651,14 +1175,25 @@ class Mpb2buaClient extends Emitter {
   }
 
   _cancelReconnect() {
-    if (this._reconnectTimer) clearTimeout(this._reconnectTimer);
+    if (this._reconnectTimer) this._timers.clearTimeout(this._reconnectTimer);
     this._reconnectTimer = null;
   }
 
+  /** Try now (app shown, network back, connect() called), unless a try is under way. */
+  _reconnectNow(why) {
+    if (this.state !== 'reconnecting' || this._attempting || this._resuming) return;
+    this._cancelReconnect();
+    this._attempt += 1;
+    this.emit('reconnecting', { attempt: this._attempt, delay: 0, reason: why });
+    this._tryResume();
+  }
+
   _tryResume() {
-    if (this.state !== 'reconnecting') return;
+    if (this.state !== 'reconnecting' || this._attempting) return;
+    this._attempting = true;
     this._openSocket({
       onOpen: () => {
+        this._attempting = false;
         // the socket is usable for resume only; other requests wait for 'resumed'
         this.state = 'open';
         this._resuming = true;
@@ -666,27 +1201,54 @@ class Mpb2buaClient extends Emitter {
         this.request('resume', { session }).then((result) => {
           this._resuming = false;
           this._attempt = 0;
+          this.session = result.session || session;
+          this.user = result.user || this.user;
+          this._lastSeen = Date.now();
+          this._save();
           this._startPing();
           this.emit('resumed', result);
+          this._settle(null, Object.assign({ resumed: true }, result));
+          // queued events came right after the result; then send what waited for the connection
+          this._timers.setTimeout(() => {
+            for (const call of Array.from(this.calls.values())) {
+              call._flushEnd();
+              call._verify(); // its hangup event may have been written to the dead socket
+            }
+          }, 0);
         }, (err) => {
           if (err.reason === 'disconnected') return; // the new socket died too: already rescheduled
           this._resuming = false;
           if (err.reason === 'session_not_found') {
-            this.session = null;
-            this._disconnected('session_not_found', err);
-          } else {
-            this._dropSocket();
-            this.state = 'reconnecting';
-            const retryAfter = (err.data && err.data.retry_after) ? err.data.retry_after * 1000 : 0;
-            this._scheduleReconnect(`resume failed: ${err.reason}`, retryAfter);
+            this._stopPing();
+            this._forgetSession();
+            this._endAllCalls('session_not_found');
+            this._startPing();
+            this._settle(null, { resumed: false });
+            this.emit('disconnected', { reason: 'session_not_found', error: err });
+            return;
           }
+          this._dropSocket();
+          this.state = 'reconnecting';
+          this._scheduleReconnect(`resume failed: ${err.reason}`, err.retryAfter ? err.retryAfter * 1000 : 0);
         });
       },
       onFail: (why) => {
+        this._attempting = false;
         if (this.state !== 'reconnecting') return;
         this._scheduleReconnect(why);
       },
     });
+  }
+
+  _whenSettled() {
+    return new Promise((resolve, reject) => this._settleWaiters.push({ resolve, reject }));
+  }
+
+  _settle(error, result) {
+    for (const w of this._settleWaiters.splice(0)) {
+      if (error) w.reject(error);
+      else w.resolve(result);
+    }
   }
 
   // ---- keep-alive -------------------------------------------------------------------------
@@ -695,24 +1257,146 @@ class Mpb2buaClient extends Emitter {
     this._stopPing();
     if (!this.pingInterval) return;
     const generation = this._generation;
-    this._pingTimer = setInterval(() => {
+    this._pingTimer = this._timers.setInterval(() => {
       if (this.state !== 'open' || generation !== this._generation) return;
-      const started = Date.now();
-      this.request('ping', {}, { timeout: Math.min(this.requestTimeout, this.pingInterval) }).then(() => {
-        this.lastRtt = Date.now() - started;
-      }, (err) => {
-        if (err.reason === 'timeout' && generation === this._generation && this.state === 'open') {
-          // a socket that cannot answer a ping is dead even if the OS has not noticed yet
-          this._dropSocket(4000, 'ping timeout');
-          this._socketLost(1006, 'ping timeout');
-        }
-      });
+      this._checkAlive(Math.min(this.requestTimeout, this.pingInterval));
     }, this.pingInterval);
   }
 
   _stopPing() {
-    if (this._pingTimer) clearInterval(this._pingTimer);
+    if (this._pingTimer) this._timers.clearInterval(this._pingTimer);
     this._pingTimer = null;
+  }
+
+  /** Ping; a socket that cannot answer within `timeout` is dead even if the OS has not noticed. */
+  _checkAlive(timeout) {
+    const generation = this._generation;
+    const started = Date.now();
+    this.request('ping', {}, { timeout }).then(() => {
+      this.lastRtt = Date.now() - started;
+    }, (err) => {
+      if (err.reason === 'timeout' && generation === this._generation && this.state === 'open') {
+        this._dropSocket(4000, 'ping timeout');
+        this._socketLost(1006, 'ping timeout');
+      }
+    });
+  }
+
+  /** Something suggests the link may be dead: check it now rather than at the next ping. */
+  _probe(why) {
+    if (this.state === 'reconnecting') this._reconnectNow(why);
+    else if (this._canSend() && this.session) this._checkAlive(this.reconnect.probeTimeout);
+  }
+
+  // ---- lifecycle --------------------------------------------------------------------------
+
+  _bindLifecycle() {
+    if (!this.lifecycle || this._lifecycleOff) return;
+    const w = this.wx;
+    const offs = [];
+    const bind = (on, off, fn) => {
+      if (typeof w[on] !== 'function') return;
+      w[on](fn);
+      offs.push(() => { if (typeof w[off] === 'function') w[off](fn); });
+    };
+    bind('onAppHide', 'offAppHide', () => this._onAppHide());
+    bind('onAppShow', 'offAppShow', () => this._onAppShow());
+    bind('onNetworkStatusChange', 'offNetworkStatusChange', (res) => this._onNetwork(res || {}));
+    bind('onAudioInterruptionBegin', 'offAudioInterruptionBegin', () => this._onInterruption(true));
+    bind('onAudioInterruptionEnd', 'offAudioInterruptionEnd', () => this._onInterruption(false));
+    this._lifecycleOff = () => offs.forEach((off) => off());
+  }
+
+  _unbindLifecycle() {
+    if (this._lifecycleOff) this._lifecycleOff();
+    this._lifecycleOff = null;
+  }
+
+  _liveCallIds() {
+    return Array.from(this.calls.values()).filter((c) => c.state === 'active' || c.state === 'held').map((c) => c.id);
+  }
+
+  _onAppHide() {
+    this._hidden = true;
+    this._save(); // a cold restart from the background resumes from here
+    this.emit('appHide', {});
+    const calls = this._liveCallIds();
+    if (calls.length) this.emit('mediaInterrupted', { reason: 'background', calls });
+  }
+
+  _onAppShow() {
+    const wasHidden = this._hidden;
+    this._hidden = false;
+    this.emit('appShow', {});
+    this._probe('app shown');
+    if (wasHidden) this._restartMedia('foreground');
+  }
+
+  _onNetwork(res) {
+    const isConnected = res.isConnected !== false;
+    const type = res.networkType || null;
+    const previous = { online: this.online, type: this.networkType };
+    this.online = isConnected;
+    this.networkType = type;
+    this.emit('networkChanged', { isConnected, networkType: type });
+    if (!isConnected) {
+      if (this.state === 'reconnecting') this._cancelReconnect(); // pause: attempts would fail anyway
+      else if (this._canSend() && this.session) {
+        // the socket dies with the network, often without telling: requests wait for the resume
+        this._dropSocket(4000, 'network lost');
+        this._socketLost(1006, 'network lost');
+      }
+      return;
+    }
+    if (this.state === 'reconnecting') {
+      this._attempt = 0;
+      this._reconnectNow('network back');
+    } else if (this._canSend() && this.session) {
+      if (!previous.online || (previous.type && previous.type !== type)) {
+        // a new network: the old TCP connection is bound to an address that is gone
+        this._dropSocket(4000, 'network changed');
+        this._socketLost(1006, 'network changed', true);
+      } else {
+        this._probe('network status changed');
+      }
+    }
+  }
+
+  _onInterruption(begin) {
+    const calls = this._liveCallIds();
+    if (begin) {
+      this._interrupted = true;
+      this._mediaNeedsRestart = true;
+      this.emit('mediaInterrupted', { reason: 'audio_interruption', calls });
+      if (!this.holdOnInterruption) return;
+      for (const id of calls) {
+        const call = this.calls.get(id);
+        if (call.state !== 'active' || !this._canSend()) continue;
+        call._heldByInterruption = true;
+        call.hold().catch((err) => { call._heldByInterruption = false; this.emit('error', err); });
+      }
+      return;
+    }
+    this._interrupted = false;
+    for (const call of this.calls.values()) {
+      if (!call._heldByInterruption) continue;
+      call._heldByInterruption = false;
+      if (call.state === 'held' && this._canSend()) call.unhold().catch((err) => this.emit('error', err));
+    }
+    this._restartMedia('audio_interruption');
+  }
+
+  /** After 5000/5001 (background, interruption): restart pusher and player, keep the screen on. */
+  _restartMedia(reason) {
+    const calls = this._liveCallIds();
+    if (!calls.length) return;
+    if (this._mediaNeedsRestart || reason === 'foreground') {
+      this._mediaNeedsRestart = false;
+      for (const id of calls) for (const h of this.calls.get(id).handles) h.restart().catch((err) => this.emit('error', err));
+    }
+    this._screenOn = undefined; // the system may have reset it in the background
+    this._applyKeepScreenOn();
+    this.emit('mediaResumed', { reason, calls });
   }
 }
 
@@ -726,7 +1410,8 @@ const PUSHER_STATES = Object.freeze({
   1101: 'degraded', // uplink too slow
   1102: 'reconnecting', // network lost, reconnecting by itself (at most three tries)
   1103: 'info', 1104: 'info',
-  3001: 'reconnecting', 3002: 'reconnecting', 3003: 'reconnecting', 3004: 'reconnecting', 3005: 'reconnecting',
+  3001: 'reconnecting', 3002: 'reconnecting', 3003: 'reconnecting', 3005: 'reconnecting',
+  3004: 'ended', // the RTMP server closed the stream: from this gateway, the key is dead (the call ended)
   4998: 'info', 4999: 'info',
   5000: 'stopped', // the mini-program left the foreground: the pusher stops
   5001: 'interrupted', // a phone call / WeChat call took the microphone
@@ -750,6 +1435,7 @@ const PLAYER_STATES = Object.freeze({
   2104: 'degraded', 2105: 'degraded',
   2106: 'info', 2107: 'info', 2108: 'info',
   3001: 'reconnecting', 3002: 'reconnecting', 3003: 'reconnecting', 3005: 'reconnecting',
+  3004: 'ended', // the RTMP server closed the stream: the key is dead (the call ended)
   [-2301]: 'failed', // lost, reconnection gave up
   [-2302]: 'failed',
 });
@@ -765,9 +1451,10 @@ function codeOf(codeOrEvent) {
 /**
  * Map a <live-pusher> `bindstatechange` code (or the event itself) to a readable state:
  * `connecting`, `publishing`, `reconnecting` (the pusher retries by itself), `degraded`
- * (poor uplink), `interrupted` (phone call), `stopped`, `failed` (gave up or no device:
- * -1307 after three reconnection tries, -1301/-1302 camera/microphone, 10001/10002 refused),
- * `info` (a notice that changes nothing) or `unknown`.
+ * (poor uplink), `interrupted` (5001: phone call), `stopped` (5000: the app left the
+ * foreground), `ended` (3004: the server closed the stream, i.e. the key is dead),
+ * `failed` (gave up or no device: -1307 after three reconnection tries, -1301/-1302
+ * camera/microphone, 10001/10002 refused), `info` (a notice that changes nothing) or `unknown`.
  * @param {number|{detail:{code:number}}} code
  * @returns {string}
  */
@@ -777,8 +1464,8 @@ function pusherState(code) {
 
 /**
  * Map a <live-player> `bindstatechange` code (or the event itself) to a readable state:
- * `connecting`, `playing`, `buffering`, `reconnecting`, `degraded`, `stopped`, `failed`
- * (-2301: reconnection gave up), `info` or `unknown`.
+ * `connecting`, `playing`, `buffering`, `reconnecting`, `degraded`, `stopped`, `ended`
+ * (3004: the server closed the stream), `failed` (-2301: reconnection gave up), `info` or `unknown`.
  * @param {number|{detail:{code:number}}} code
  * @returns {string}
  */
@@ -813,6 +1500,50 @@ class MediaHandle extends Emitter {
     this._restarts = 0;
     this._stopped = false;
     this._map = kind === 'pusher' ? pusherState : playerState;
+    /** The last `bindnetstatus` info object, or null. */
+    this.net = null;
+  }
+
+  /**
+   * Stop and start the context again (after 5000/5001 or a network give-up). Does nothing once
+   * the stream ended (3004) or stop() was called.
+   * @returns {Promise<void>}
+   */
+  async restart() {
+    if (this._stopped || this.state === 'ended') return;
+    const kick = this.kind === 'pusher' ? 'start' : 'play';
+    await ctxCall(this.ctx, 'stop').catch(() => {});
+    this.state = 'connecting';
+    await ctxCall(this.ctx, kick);
+  }
+
+  /**
+   * Feed the tag's `bindnetstatus` event in (`e.detail.info`: netSpeed, netJitter,
+   * audioBitrate, videoBitrate …). Emits `netstatus {info, quality}`.
+   * @param {{detail:{info:object}}|object} event
+   * @returns {string} netQuality()
+   */
+  netstatus(event) {
+    const detail = (event && event.detail) || event || {};
+    this.net = detail.info || detail;
+    const quality = this.netQuality();
+    this.emit('netstatus', { info: this.net, quality });
+    return quality;
+  }
+
+  /**
+   * `good`, `fair` or `poor` from the last net status: jitter (ms) above 50 is fair, above 150
+   * poor; an audio bitrate of 0 while the stream should flow is poor.
+   * @returns {'good'|'fair'|'poor'}
+   */
+  netQuality() {
+    const n = this.net;
+    if (!n) return 'good';
+    const jitter = Number(n.netJitter) || 0;
+    const flowing = this.state === 'publishing' || this.state === 'playing';
+    if (jitter > 150 || (flowing && n.audioBitrate !== undefined && Number(n.audioBitrate) === 0)) return 'poor';
+    if (jitter > 50) return 'fair';
+    return 'good';
   }
 
   /**
@@ -842,7 +1573,9 @@ class MediaHandle extends Emitter {
   /**
    * Feed the tag's `bindstatechange` event (or code) in. Emits `state {state, code}`; on
    * `failed` from the network (-1307 / -2301) restarts the context up to `maxRestarts` times,
-   * since the tag gives up after its own three tries while the call may still be up.
+   * since the tag gives up after its own three tries while the call may still be up. 3004 (the
+   * gateway closed the stream: the key died with the call) is final: `ended`, never restarted.
+   * 5000/5001 are left to the client's lifecycle layer (restart on app show / interruption end).
    * @param {number|{detail:{code:number}}} eventOrCode
    * @returns {string} the new state
    */
@@ -850,7 +1583,9 @@ class MediaHandle extends Emitter {
     const code = codeOf(eventOrCode);
     const state = this._map(code);
     this.code = code;
+    if (this.state === 'ended') return 'ended'; // a dead key stays dead
     if (state !== 'info' && state !== 'unknown') this.state = state;
+    if (state === 'ended') this._stopped = true;
     if (state === 'publishing' || state === 'playing') this._restarts = 0;
     this.emit('state', { state, code });
     const networkGaveUp = code === -1307 || code === -2301;
@@ -875,7 +1610,7 @@ class MediaHandle extends Emitter {
  * @returns {MediaHandle}
  */
 function attachPusher(ctx, pushUrl, options) {
-  if (typeof pushUrl !== 'string' || !/^rtmps?:\/\//.test(pushUrl)) {
+  if (typeof pushUrl !== 'string' || !/^rtmp:\/\//.test(pushUrl)) { // the tags document rtmp only
     throw new Mpb2buaError({ reason: 'bad_argument', message: 'pushUrl: an rtmp:// URL' });
   }
   return new MediaHandle('pusher', ctx, pushUrl, options || {});
@@ -890,7 +1625,7 @@ function attachPusher(ctx, pushUrl, options) {
  * @returns {MediaHandle}
  */
 function attachPlayer(ctx, playUrl, options) {
-  if (typeof playUrl !== 'string' || !/^rtmps?:\/\//.test(playUrl)) {
+  if (typeof playUrl !== 'string' || !/^rtmp:\/\//.test(playUrl)) {
     throw new Mpb2buaError({ reason: 'bad_argument', message: 'playUrl: an rtmp:// URL' });
   }
   return new MediaHandle('player', ctx, playUrl, options || {});
@@ -898,6 +1633,10 @@ function attachPlayer(ctx, playUrl, options) {
 
 module.exports = {
   Mpb2buaClient,
+  Call,
+  CALL_STATES,
+  CAUSE_SESSION_EXPIRED,
+  CAUSE_SESSION_ENDED,
   Mpb2buaError,
   Emitter,
   MediaHandle,

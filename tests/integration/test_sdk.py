@@ -7,12 +7,14 @@ side gets the gateway's URL and the far end's user from the environment (``MPB2B
 ``MPB2BUA_SIPP_USER``...); for the inbound case it writes ``inbound.ready`` into
 ``MPB2BUA_SIGNAL_DIR`` once logged in, and this side then starts the sipp caller.
 
-``npm ci`` installs the SDK's test dependency (``ws``) when ``node_modules`` is missing. Without
+``npm ci`` installs the SDK's dev dependencies (``ws``, ``typescript``, ``miniprogram-api-typings``,
+``miniprogram-simulate``) when ``node_modules`` does not match ``package-lock.json``. Without
 node/npm the tests skip, except under CI=true where they fail.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -35,11 +37,16 @@ NODE_TIMEOUT = 120.0
 USER, PASSWORD, FAR_USER = "1000", "1234", "1500"
 
 
+def _lock_digest() -> str:
+    return hashlib.sha256((SDK_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
 @pytest.fixture(scope="module")
 def node_sdk():
-    """The node binary, with the SDK's dev dependencies installed."""
+    """The node binary, with the SDK's dev dependencies installed (again when the lock changed)."""
     node = require_binary("node")
-    if not (SDK_DIR / "node_modules" / "ws").is_dir():
+    stamp = SDK_DIR / "node_modules" / ".mpb2bua-lock"
+    if not stamp.is_file() or stamp.read_text() != _lock_digest():
         npm = require_binary("npm")
         command = "ci" if (SDK_DIR / "package-lock.json").is_file() else "install"
         done = subprocess.run(
@@ -50,16 +57,31 @@ def node_sdk():
             timeout=600,
         )
         assert done.returncode == 0, f"npm {command} failed:\n{done.stdout}\n{done.stderr}"
+        stamp.write_text(_lock_digest())
     return node
 
 
 def test_sdk_unit_tests_pass(node_sdk):
-    """The SDK's own unit tests (fake socket: JSON-RPC plumbing, emitter, backoff, resume)."""
+    """The SDK's own unit tests (fake socket: JSON-RPC plumbing, emitter, backoff, resume, lifecycle,
+    storage, call objects, media handles)."""
     done = subprocess.run(
-        [node_sdk, "--test", "test/client.test.js"], cwd=SDK_DIR, capture_output=True, text=True, timeout=120
+        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js"],
+        cwd=SDK_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "# fail 0" in done.stdout and "# pass 0" not in done.stdout
+
+
+def test_sdk_typings_check_against_miniprogram_api_typings(node_sdk):
+    """mpb2bua.d.ts and a usage sample compile with tsc --noEmit against miniprogram-api-typings."""
+    tsc = SDK_DIR / "node_modules" / "typescript" / "bin" / "tsc"
+    done = subprocess.run(
+        [node_sdk, str(tsc), "-p", "."], cwd=SDK_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
 @pytest.fixture
@@ -96,7 +118,15 @@ class _NodeProcess(protocol.ProcessProtocol):
         return b"".join(self.output).decode("utf-8", "replace")
 
 
-def run_node_case(node: str, name: str, gw, signal_dir: Path, timeout: float = NODE_TIMEOUT) -> _NodeProcess:
+def run_node_case(
+    node: str,
+    name: str,
+    gw,
+    signal_dir: Path,
+    timeout: float = NODE_TIMEOUT,
+    test_file: str = NODE_TEST_FILE,
+    extra_env: dict[str, str] | None = None,
+) -> _NodeProcess:
     """Start ``node --test`` for the one test called ``name``, without blocking the reactor."""
     env = dict(os.environ)
     env.update(
@@ -106,14 +136,16 @@ def run_node_case(node: str, name: str, gw, signal_dir: Path, timeout: float = N
         MPB2BUA_SIPP_USER=FAR_USER,
         MPB2BUA_SIPP_DTMF="5",
         MPB2BUA_SIGNAL_DIR=str(signal_dir),
+        MPB2BUA_GRACE_MS=str(int(gw.config.websocket.grace_period * 1000)),
     )
+    env.update(extra_env or {})
     args = [
         node,
         "--test",
         "--test-force-exit",
         "--test-reporter=tap",
-        f"--test-name-pattern=^{name}$",
-        NODE_TEST_FILE,
+        f"--test-name-pattern=^{re.escape(name)}$",
+        test_file,
     ]
     proc = _NodeProcess()
     transport = reactor.spawnProcess(proc, node, args, env=env, path=str(SDK_DIR))

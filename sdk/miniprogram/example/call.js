@@ -1,33 +1,23 @@
 // A one-page softphone on top of the mpb2bua SDK: log in, dial, answer, DTMF, hang up.
 // Media: <live-pusher> publishes the microphone to the call's push_url, <live-player> plays the
 // far end from its play_url; both in mode="RTC". See docs/miniprogram.md for the why of each attribute.
-const { attachPusher, attachPlayer, pusherState, playerState } = require('./mpb2bua.js');
+const { pusherState, playerState } = require('./mpb2bua.js');
 
 const DIAL_KEYS = ['1', '2', '3', '4', '5', '6', '7', '8', '9', '*', '0', '#'];
 
-/** wx.authorize as a promise; when the user refused before, offer the settings page. */
-function authorize(scope, label) {
+/**
+ * wx.authorize as a promise. When the user refused before, wx.authorize fails at once and only
+ * the settings page can grant it again; since base library 2.3.0 wx.openSetting works only from a
+ * tap, so the page shows a <button open-type="openSetting"> (data.needSetting) instead.
+ */
+function authorize(page, scope, label) {
   return new Promise((resolve, reject) => {
     wx.authorize({
       scope,
       success: resolve,
       fail() {
-        wx.showModal({
-          title: `${label} permission`,
-          content: `Calls need the ${label.toLowerCase()}. Allow it in the settings.`,
-          confirmText: 'Settings',
-          success(res) {
-            if (!res.confirm) return reject(new Error(`${scope} refused`));
-            wx.openSetting({
-              success(s) {
-                if (s.authSetting[scope]) resolve();
-                else reject(new Error(`${scope} refused`));
-              },
-              fail: () => reject(new Error(`${scope} refused`)),
-            });
-          },
-          fail: () => reject(new Error(`${scope} refused`)),
-        });
+        page.setData({ needSetting: label, status: `Calls need the ${label.toLowerCase()}: allow it in the settings` });
+        reject(new Error(`${scope} refused`));
       },
     });
   });
@@ -50,9 +40,12 @@ Page({
     playUrl: '',
     pusherState: '',
     playerState: '',
+    quality: '', // good | fair | poor | lost (Call#quality)
+    ending: false, // a hang-up waits for the connection to come back
     speaker: true,
     status: '',
     dtmfSent: '',
+    needSetting: '', // a refused permission: show the open-type="openSetting" button
   },
 
   onLoad() {
@@ -67,9 +60,12 @@ Page({
       on('answered', (e) => this.forCall(e, () => this.setData({ callState: 'active', status: `In call (${e.codec})` }))),
       on('hangup', this.onHangup),
       on('dtmf', (e) => this.forCall(e, () => this.setData({ status: `Far end sent ${e.digits}` }))),
-      on('reconnecting', (e) => this.setData({ link: 'reconnecting', status: `Network lost, retry ${e.attempt}…` })),
+      on('reconnecting', (e) => this.setData({ link: 'reconnecting', status: e.delay === null ? 'No network…' : `Network lost, retry ${e.attempt}…` })),
       on('resumed', () => this.setData({ link: 'online', status: 'Back online' })),
       on('disconnected', this.onDisconnected),
+      on('mediaInterrupted', (e) => this.setData({ status: e.reason === 'audio_interruption' ? 'On hold: another call took the audio' : 'In the background' })),
+      on('mediaResumed', () => this.setData({ status: 'Back in the call' })),
+      on('callState', (e) => this.forCall({ call: e.call.id }, () => this.setData({ ending: Boolean(e.call.ending) }))),
     ];
   },
 
@@ -95,7 +91,7 @@ Page({
     const { user, password } = this.data;
     if (!user || !password) return;
     try {
-      await authorize('scope.record', 'Microphone');
+      await authorize(this, 'scope.record', 'Microphone');
       if (this.client.state !== 'open') await this.client.connect();
       this.setData({ link: 'online', status: 'Logging in…' });
       await this.client.login({ user, password });
@@ -115,13 +111,25 @@ Page({
   },
 
   onRegistrationFailed(e) {
-    if (!e.retrying) this.setData({ loggedIn: false, status: `Registration lost (${e.reason})` });
+    if (e.retrying) {
+      this.setData({ status: `Registration failed (${e.reason}), retrying…` });
+      return;
+    }
+    // the session has ended on the gateway, and its calls with it
+    this.stopMedia();
+    this.setData({ loggedIn: false, callState: 'idle', callId: '', incoming: null, ending: false,
+      status: `Registration lost (${e.reason}): log in again` });
   },
 
   onDisconnected(e) {
     this.stopMedia();
     this.setData({ link: 'offline', loggedIn: false, callState: 'idle', callId: '', incoming: null,
       status: `Disconnected (${e.reason}): log in again` });
+  },
+
+  onOpenSetting(e) {
+    const auth = (e.detail && e.detail.authSetting) || {};
+    if (auth['scope.record']) this.setData({ needSetting: '', status: 'Microphone allowed' });
   },
 
   // ---- dial pad ------------------------------------------------------------------------------
@@ -157,12 +165,12 @@ Page({
     const { number, video } = this.data;
     if (!number || this.data.callState !== 'idle') return;
     try {
-      await authorize('scope.record', 'Microphone');
-      if (video) await authorize('scope.camera', 'Camera');
+      await authorize(this, 'scope.record', 'Microphone');
+      if (video) await authorize(this, 'scope.camera', 'Camera');
       this.setData({ callState: 'calling', status: `Calling ${number}…`, dtmfSent: '' });
-      const result = await this.client.call(number, { video });
-      this.setData({ callId: result.call });
-      await this.startMedia(result.push_url, result.play_url);
+      const call = await this.client.call(number, { video });
+      this.setData({ callId: call.id });
+      await this.startMedia(call);
     } catch (err) {
       this.stopMedia();
       this.setData({ callState: 'idle', callId: '', status: `Call failed: ${err.reason || err.message}` });
@@ -174,7 +182,6 @@ Page({
       this.client.reject(e.call, 486).catch(() => {}); // busy: one call at a time in this sample
       return;
     }
-    this.incomingUrls = { push: e.push_url, play: e.play_url };
     this.setData({ callState: 'incoming', callId: e.call, video: Boolean(e.video),
       incoming: { call: e.call, from: e.from, display: e.display || e.from }, status: `Call from ${e.from}` });
     wx.vibrateLong();
@@ -183,36 +190,46 @@ Page({
   async answer() {
     const { callId, video } = this.data;
     try {
-      await authorize('scope.record', 'Microphone');
-      if (video) await authorize('scope.camera', 'Camera');
-      await this.client.answer(callId);
+      await authorize(this, 'scope.record', 'Microphone');
+      if (video) await authorize(this, 'scope.camera', 'Camera');
+      const call = this.client.getCall(callId);
+      await call.answer();
       this.setData({ incoming: null, callState: 'active', status: 'Connecting…', dtmfSent: '' });
-      await this.startMedia(this.incomingUrls.push, this.incomingUrls.play);
+      await this.startMedia(call);
     } catch (err) {
       this.setData({ status: `Answer failed: ${err.reason || err.message}` });
     }
   },
 
+  // Decline and hang-up never end the call on screen by themselves: the `hangup` event does
+  // (onHangup). While reconnecting the SDK holds them and sends them after the resume.
   async decline() {
+    const call = this.client.getCall(this.data.callId);
+    if (!call) return;
     try {
-      await this.client.reject(this.data.callId, 603);
-    } catch (err) { /* already gone */ }
-    this.setData({ incoming: null, callState: 'idle', callId: '' });
+      await call.reject(603);
+    } catch (err) {
+      this.setData({ status: `Decline failed (${err.reason}): the phone still rings` });
+    }
   },
 
   async hangup() {
-    if (!this.data.callId) return;
+    const call = this.client.getCall(this.data.callId);
+    if (!call) return;
+    if (call.ending) this.setData({ status: 'Hanging up once the network is back…' });
     try {
-      await this.client.hangup(this.data.callId);
+      await call.hangup();
     } catch (err) {
-      this.onHangup({ call: this.data.callId, cause: err.reason });
+      this.setData({ status: `Hang-up failed (${err.reason}): the call is still up` });
     }
   },
 
   onHangup(e) {
     if (e.call !== this.data.callId) return;
     this.stopMedia();
-    this.setData({ callState: 'idle', callId: '', incoming: null, status: `Call ended (${e.cause || 'hangup'})` });
+    const why = e.cause === 'SESSION_EXPIRED' ? 'the connection was away too long'
+      : (e.cause === 'LOSE_RACE' ? 'answered on another device' : (e.cause || 'hangup'));
+    this.setData({ callState: 'idle', callId: '', incoming: null, ending: false, quality: '', status: `Call ended (${why})` });
   },
 
   // ---- media ---------------------------------------------------------------------------------
@@ -220,11 +237,12 @@ Page({
    * Render the tags with the call's URLs (autopush/autoplay start them as soon as the URL is set),
    * then bind their contexts so statechange can restart them after a network failure.
    */
-  async startMedia(pushUrl, playUrl) {
-    wx.setKeepScreenOn({ keepScreenOn: true });
-    await this.setDataAsync({ pushUrl, playUrl });
-    this.pusher = attachPusher(wx.createLivePusherContext(), pushUrl);
-    this.player = attachPlayer(wx.createLivePlayerContext('far', this), playUrl);
+  async startMedia(call) {
+    // keep-screen-on, restarts after 5000/5001 and 3004 handling come from the SDK's lifecycle layer
+    await this.setDataAsync({ pushUrl: call.pushUrl, playUrl: call.playUrl });
+    this.pusher = call.attachPusher(wx.createLivePusherContext());
+    this.player = call.attachPlayer(wx.createLivePlayerContext('far', this));
+    call.on('quality', (q) => this.setData({ quality: q.level }));
   },
 
   stopMedia() {
@@ -232,7 +250,6 @@ Page({
     if (this.player) this.player.stop();
     this.pusher = null;
     this.player = null;
-    wx.setKeepScreenOn({ keepScreenOn: false });
     this.setData({ pushUrl: '', playUrl: '', pusherState: '', playerState: '' });
   },
 
@@ -249,7 +266,11 @@ Page({
     if (state !== 'info') this.setData({ playerState: `${state} (${e.detail.code})` });
   },
 
-  onMediaError(e) {
-    this.setData({ status: `Media error ${e.detail.errCode}: ${e.detail.errMsg}` });
+  onPusherNet(e) { if (this.pusher) this.pusher.netstatus(e); },
+  onPlayerNet(e) { if (this.player) this.player.netstatus(e); },
+
+  onPusherError(e) {
+    // live-pusher's binderror: 10001 camera / 10002 microphone refused
+    this.setData({ status: `Microphone/camera error ${e.detail.errCode}: ${e.detail.errMsg}` });
   },
 });

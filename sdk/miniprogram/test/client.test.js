@@ -3,7 +3,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const {
-  Mpb2buaClient, Mpb2buaError, Emitter, backoffDelay, pusherState, playerState, attachPusher, attachPlayer,
+  Mpb2buaClient, Mpb2buaError, Emitter, Call, backoffDelay, pusherState, playerState, attachPusher, attachPlayer,
 } = require('../mpb2bua.js');
 const { createFakeWx, tick } = require('./fake-wx.js');
 
@@ -155,6 +155,13 @@ test('call-control methods map to the protocol methods and params', async () => 
     const frame = await task.nextFrame();
     assert.equal(frame.method, method);
     assert.deepEqual(frame.params, params);
+    if (method === 'call') {
+      task.answer(frame, { call: 'cOut', push_url: 'rtmp://h/mp/p', play_url: 'rtmp://h/mp/q' });
+      const call = await p;
+      assert.ok(call instanceof Call);
+      assert.deepEqual([call.call, call.push_url, call.play_url, call.state], ['cOut', 'rtmp://h/mp/p', 'rtmp://h/mp/q', 'calling']);
+      continue;
+    }
     task.answer(frame, { ok: method });
     assert.deepEqual(await p, { ok: method });
   }
@@ -171,7 +178,8 @@ test('events are emitted with their params; unknown events too; * sees everythin
   task.receive({ jsonrpc: '2.0', method: 'brand_new_event', params: { x: 1 } });
   task.receive('not json');
   assert.deepEqual(got, [{ call: 'c1', from: '1500' }]);
-  assert.deepEqual(all, ['incoming', 'brand_new_event', 'error']);
+  assert.deepEqual(all, ['call', 'incoming', 'brand_new_event', 'error']);
+  assert.equal(client.getCall('c1').state, 'incoming');
 });
 
 test('emitter: on returns an unsubscribe, once fires once, off removes, a throwing listener is isolated', () => {
@@ -239,21 +247,23 @@ test('a lost socket rejects what was in flight, reconnects with backoff and resu
   assert.equal(client.state, 'open');
 });
 
-test('failed reconnection attempts back off exponentially and give up after maxAttempts', async () => {
+test('failed reconnection attempts back off exponentially and do not give up before the grace period', async () => {
+  // maxAttempts used to end the session after 4 tries (~75 ms here) while the gateway kept it
   const { wx, client, task } = await loggedIn();
   const events = collect(client, ['reconnecting', 'disconnected']);
   wx.onConnect = (t) => setTimeout(() => t.error('connectSocket:fail'), 0);
   task.serverClose(1006);
-  await tick(200);
-  assert.deepEqual(events.map(([n, p]) => (n === 'reconnecting' ? p.delay : p.reason)), [5, 10, 20, 40, 'reconnect_failed']);
-  assert.equal(wx.tasks.length, 5);
-  assert.equal(client.state, 'closed');
-  assert.equal(client.session, null);
+  await tick(300);
+  assert.deepEqual(events.slice(0, 5).map(([, p]) => p.delay), [5, 10, 20, 40, 40]);
+  assert.ok(!events.some(([n]) => n === 'disconnected'), JSON.stringify(events));
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(client.session, 'S1');
+  client.close();
 });
 
 test('reconnection stops at the grace period', async () => {
   const { wx, client, task } = await loggedIn({
-    reconnect: { baseDelay: 20, maxDelay: 20, maxAttempts: 100, jitter: 0, gracePeriod: 50 },
+    reconnect: { baseDelay: 20, maxDelay: 20, maxAttempts: 100, jitter: 0, gracePeriod: 50, graceSlack: 0 },
   });
   const events = collect(client, ['reconnecting', 'disconnected']);
   wx.onConnect = (t) => setTimeout(() => t.serverClose(1006), 0);
@@ -276,9 +286,10 @@ test('resume refused with session_not_found ends in disconnected', async () => {
   assert.equal(events.length, 1);
   assert.equal(events[0][1].reason, 'session_not_found');
   assert.equal(events[0][1].error.reason, 'session_not_found');
-  assert.equal(client.state, 'closed');
+  // the socket stays open for a new login; the session is forgotten
+  assert.equal(client.state, 'open');
   assert.equal(client.session, null);
-  assert.ok(wx.last.closed, 'the socket is closed');
+  assert.equal(wx.last.closed, null);
 });
 
 test('resume rate-limited waits retry_after and tries again', async () => {
@@ -357,7 +368,8 @@ test('pusherState and playerState map the documented statechange codes', () => {
   assert.equal(pusherState(1001), 'connecting');
   assert.equal(pusherState(1002), 'publishing');
   assert.equal(pusherState(1102), 'reconnecting');
-  assert.equal(pusherState(3004), 'reconnecting');
+  assert.equal(pusherState(3004), 'ended');
+  assert.equal(playerState(3004), 'ended');
   assert.equal(pusherState(1101), 'degraded');
   assert.equal(pusherState(-1307), 'failed');
   assert.equal(pusherState(-1302), 'failed');

@@ -55,9 +55,21 @@ class FakeTask {
   }
 }
 
-function createFakeWx() {
+/** The lifecycle APIs the SDK binds: `wx.fire(name, res)` calls the listeners of `onName`. */
+const LIFECYCLE = ['AppHide', 'AppShow', 'NetworkStatusChange', 'AudioInterruptionBegin', 'AudioInterruptionEnd'];
+
+function createFakeWx(storage = new Map()) {
+  const listeners = {};
   const wx = {
     tasks: [],
+    storage,
+    screenOn: [],
+    getStorageSync(key) { return storage.has(key) ? JSON.parse(storage.get(key)) : ''; },
+    setStorageSync(key, value) { storage.set(key, JSON.stringify(value)); },
+    removeStorageSync(key) { storage.delete(key); },
+    setKeepScreenOn({ keepScreenOn }) { wx.screenOn.push(keepScreenOn); },
+    fire(name, res = {}) { for (const fn of (listeners[name] || []).slice()) fn(res); },
+    listenerCount(name) { return (listeners[name] || []).length; },
     connectSocket(options) {
       const task = new FakeTask(options);
       wx.tasks.push(task);
@@ -66,6 +78,10 @@ function createFakeWx() {
     },
     get last() { return wx.tasks[wx.tasks.length - 1]; },
   };
+  for (const name of LIFECYCLE) {
+    wx[`on${name}`] = (fn) => (listeners[name] || (listeners[name] = [])).push(fn);
+    wx[`off${name}`] = (fn) => { listeners[name] = (listeners[name] || []).filter((f) => f !== fn); };
+  }
   return wx;
 }
 
