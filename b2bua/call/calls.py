@@ -335,6 +335,7 @@ class CallManager:
         self.rtmp_base = rtmp.public_url or f"rtmp://{config.public_host}:{port}/{rtmp.app}"
         stack.inbound = self
         controller.session_end_hooks.append(self.session_ended)
+        controller.session_calls = self.live_calls
         for name, handler in (
             ("call", self.call),
             ("answer", self.answer),
@@ -429,6 +430,14 @@ class CallManager:
     def _register_streams(self, call: Call) -> None:
         self.streams.add(call.media.push_key, "publish", call)
         call.players = self.streams.add(call.media.play_key, "play", call).group
+
+    def live_calls(self, session: Session) -> list[dict[str, Any]]:
+        """The session's calls as ``resume`` reports them."""
+        return [
+            {"call": c.id, "state": c.state, "direction": c.direction}
+            for c in self._session_calls(session)
+            if c.state != "ended"
+        ]
 
     def session_ended(self, session: Session) -> None:
         for call in self._session_calls(session):

@@ -170,6 +170,8 @@ class Controller:
                 self._method_limits.update(dict.fromkeys(methods, limiter))
         self.methods: dict[str, Method] = {}
         self.session_end_hooks: list[Callable[[Session], None]] = []  # e.g. the call layer hangs up
+        # the call layer: the session's live calls, [{call, state, direction}], for `resume`
+        self.session_calls: Callable[[Session], list[dict[str, Any]]] | None = None
         self.add_method("login", self.login, needs_session=False)
         self.add_method("resume", self.resume, needs_session=False)
         self.add_method("ping", self.ping, needs_session=False)
@@ -422,7 +424,15 @@ class Controller:
         session.state = ACTIVE
         self.log.info("session {tag} resumed (user {user}) from {peer}", tag=session.tag, user=session.user,
                       peer=client.peer_host)
-        return {"session": session.id, "user": session.user, "state": session.registration_state}
+        return {
+            "session": session.id,
+            "user": session.user,
+            "state": session.registration_state,
+            "grace_period": self._ws_config.grace_period,
+            # what the client may have missed while its socket was silently dead (events written
+            # to a dead socket are lost; only those sent while detached were queued)
+            "calls": self.session_calls(session) if self.session_calls is not None else [],
+        }
 
     # --- login helpers ---------------------------------------------------------------------------
     def _check_not_shutting_down(self) -> None:
@@ -511,7 +521,8 @@ class Controller:
             self.log.info("logged in: session {tag} user {user} (expires {expires})", tag=session.tag,
                           user=session.user, expires=expires)
             if d is not None:
-                d.callback({"session": session.id, "user": session.user, "expires": expires})
+                d.callback({"session": session.id, "user": session.user, "expires": expires,
+                            "grace_period": self._ws_config.grace_period})
         if changed and session.state in (ACTIVE, DETACHED):
             session.send_event("registered", {"user": session.user, "expires": expires})
 

@@ -403,7 +403,9 @@ def test_resume_within_grace_keeps_registration(h):
     h.clock.advance(h.ws.grace_period - 1)
     new, channel = h.connect("198.51.100.7")
     rid = h.call(new, "resume", session=sid)
-    assert channel.results[rid] == {"session": sid, "user": "1000", "state": "registered"}
+    assert channel.results[rid] == {
+        "session": sid, "user": "1000", "state": "registered", "grace_period": 30.0, "calls": []
+    }
     assert (reg.started, reg.stop_calls) == (1, 0)
     assert len(h.stack.registrations) == 1
     h.clock.advance(h.ws.grace_period * 10)  # the grace timer was cancelled

@@ -417,3 +417,29 @@ def test_dtmf_from_the_far_end_as_info_becomes_a_dtmf_event(gateway, far):
     assert event == {"call": incoming["call"], "digits": "7", "via": "info"}
     yield client.wait_event("hangup")
     assert (yield exit_code(caller)) == 0, caller.explain()
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_lists_the_live_calls(gateway, far):
+    """Events written to a socket that has silently died are lost: resume tells the client which
+    calls are still up, and in which state."""
+    phone = far("uas_answer.xml")
+    client = yield WsClient.connect(gateway.ws_url)
+    login = yield client.request("login", {"user": "1000", "password": "1234"})
+    assert login["grace_period"] == gateway.config.websocket.grace_period
+    result = yield client.request("call", {"to": "1500"})
+    yield client.wait_event("answered")
+    client.drop()
+    yield wait_until(
+        lambda: gateway.controller.sessions.get(login["session"]).state == "detached", timeout=5
+    )
+    again = yield WsClient.connect(gateway.ws_url)
+    resumed = yield again.request("resume", {"session": login["session"]})
+    assert resumed["calls"] == [{"call": result["call"], "state": "active", "direction": "outbound"}]
+    yield sleep(0.3)
+    yield again.request("hangup", {"call": result["call"]})
+    yield again.wait_event("hangup")
+    assert (yield exit_code(phone)) == 0, phone.explain()
+    resumed = yield again.request("ping")
+    assert no_leaks(gateway)
+    yield again.close()

@@ -301,7 +301,9 @@ async def test_socket_loss_then_resume_on_a_new_socket(server):
         await _tick()
     other = await server.connect()
     answer = await other.call("resume", {"session": sid}, rid=3)
-    assert answer["result"] == {"session": sid, "user": "1000", "state": "registered"}
+    assert answer["result"] == {
+        "session": sid, "user": "1000", "state": "registered", "grace_period": 30.0, "calls": []
+    }
     answer = await other.call("logout", rid=4)
     assert answer["result"] == {}
 
