@@ -73,7 +73,9 @@ def peak_allocation(func: Callable[..., Any], *args: Any) -> int:
     return peak - base
 
 
-def assert_bounded(func: Callable[..., Any], data: bytes | str, factor: int, constant: int = 64 * 1024) -> None:
+def assert_bounded(
+    func: Callable[..., Any], data: bytes | str, factor: int, constant: int = 64 * 1024
+) -> None:
     """Parsing ``data`` allocates at most ``factor`` times its size plus ``constant`` bytes."""
     peak = peak_allocation(func, data)
     limit = factor * len(data) + constant

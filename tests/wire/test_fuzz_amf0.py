@@ -155,7 +155,10 @@ def test_nesting_limit_is_the_same_both_ways(depth: int) -> None:
 
 
 @fuzz(200)
-@given(st.integers() | st.integers(2**1000, 2**1100) | st.floats() | st.text() | st.binary() | st.complex_numbers() | st.datetimes())
+@given(
+    st.integers() | st.integers(2**1000, 2**1100) | st.floats() | st.text() | st.binary()
+    | st.complex_numbers() | st.datetimes()
+)
 def test_encode_raises_only_amf0_error(value: object) -> None:
     try:
         encode(value)

@@ -60,7 +60,9 @@ report_blocks = st.builds(
     dlsr=u32,
 )
 rtcp_packets = st.one_of(
-    st.builds(RtcpSenderReport, u32, st.integers(0, 2**64 - 1), u32, u32, u32, st.lists(report_blocks, max_size=4)),
+    st.builds(
+        RtcpSenderReport, u32, st.integers(0, 2**64 - 1), u32, u32, u32, st.lists(report_blocks, max_size=4)
+    ),
     st.builds(RtcpReceiverReport, u32, st.lists(report_blocks, max_size=4)),
     st.builds(RtcpSdes, st.lists(st.builds(SdesChunk, u32, st.lists(
         st.tuples(st.integers(1, 255), st.binary(max_size=40)), max_size=3)), max_size=4)),

@@ -87,7 +87,8 @@ def test_arbitrary_bytes(data: bytes) -> None:
 @fuzz(300)
 @given(st.lists(st.tuples(st.sampled_from("vosicmtabkezpru"), st.text(max_size=40)), max_size=20))
 def test_arbitrary_lines(lines: list[tuple[str, str]]) -> None:
-    head = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 96\r\n"
+    head = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n"
+    head += "m=audio 4000 RTP/AVP 0 96\r\n"
     _use(head + "".join("%s=%s\r\n" % line for line in lines))
 
 
