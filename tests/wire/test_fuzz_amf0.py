@@ -64,13 +64,13 @@ def _decode_or_error(data: bytes) -> None:
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(500)
+@fuzz(180)
 @given(st.binary(max_size=500))
 def test_arbitrary_bytes(data: bytes) -> None:
     _decode_or_error(data)
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.lists(st.sampled_from(range(0x12)), max_size=6), st.binary(max_size=60))
 def test_markers_followed_by_garbage(markers: list[int], tail: bytes) -> None:
     _decode_or_error(bytes(markers) + tail)
@@ -79,7 +79,7 @@ def test_markers_followed_by_garbage(markers: list[int], tail: bytes) -> None:
 # --- (b) valid values, mutated ---------------------------------------------------------------------
 
 
-@fuzz(400)
+@fuzz(90)
 @given(st.data())
 def test_mutated_values(data: st.DataObject) -> None:
     _decode_or_error(data.draw(mutated(encode(*data.draw(st.lists(values, min_size=1, max_size=3))))))
@@ -127,7 +127,7 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-@fuzz(300)
+@fuzz(70)
 @given(st.lists(values, max_size=4))
 def test_round_trip(items: list[object]) -> None:
     data = encode(*items)
@@ -139,7 +139,7 @@ def test_round_trip(items: list[object]) -> None:
     assert pos == len(data)
 
 
-@fuzz(100)
+@fuzz(60)
 @given(st.integers(1, MAX_DEPTH + 3))
 def test_nesting_limit_is_the_same_both_ways(depth: int) -> None:
     value: object = None
@@ -154,7 +154,7 @@ def test_nesting_limit_is_the_same_both_ways(depth: int) -> None:
     assert decode_all(data) == [value]
 
 
-@fuzz(200)
+@fuzz(120)
 @given(
     st.integers() | st.integers(2**1000, 2**1100) | st.floats() | st.text() | st.binary()
     | st.complex_numbers() | st.datetimes()

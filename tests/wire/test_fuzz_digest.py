@@ -90,7 +90,7 @@ def _answer(value: str) -> None:
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(400)
+@fuzz(240)
 @given(st.text(max_size=300))
 def test_arbitrary_text(text: str) -> None:
     _answer(text)
@@ -105,7 +105,7 @@ def test_arbitrary_text(text: str) -> None:
 # --- (b) valid challenges, mutated -----------------------------------------------------------------
 
 
-@fuzz(200)
+@fuzz(60)
 @given(st.data())
 def test_mutated_challenge(data: st.DataObject) -> None:
     header, _ = data.draw(challenges())
@@ -130,7 +130,7 @@ def test_hostile_challenges() -> None:
 # --- (c) round trips -------------------------------------------------------------------------------
 
 
-@fuzz(200)
+@fuzz(60)
 @given(challenges())
 def test_challenge_round_trip(case: tuple[str, Challenge]) -> None:
     header, expected = case
@@ -138,7 +138,7 @@ def test_challenge_round_trip(case: tuple[str, Challenge]) -> None:
     _answer(header)
 
 
-@fuzz(80)
+@fuzz(40)
 @given(st.lists(challenges(), min_size=1, max_size=4))
 def test_choose_is_the_strongest_supported(cases: list[tuple[str, Challenge]]) -> None:
     values = [h for h, _ in cases]
@@ -151,7 +151,7 @@ def test_choose_is_the_strongest_supported(cases: list[tuple[str, Challenge]]) -
     assert chosen in usable
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30), st.data())
 def test_redacted_never_shows_the_response(prefix: str, data: st.DataObject) -> None:
     secret = "5ec7e7" + data.draw(st.text("0123456789abcdef", min_size=26, max_size=26))

@@ -72,14 +72,14 @@ def _push_all(dep: Depacketizer, packets: list[tuple[bytes, int, int, bool]]) ->
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(500)
+@fuzz(300)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes(data: bytes) -> None:
     _flv_parsers(data)
     _h264_parsers(data)
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 0xFFFF), st.integers(0, 3), st.booleans()),
                 max_size=30))
 def test_depacketizer_arbitrary_packets(packets: list[tuple[bytes, int, int, bool]]) -> None:
@@ -89,7 +89,7 @@ def test_depacketizer_arbitrary_packets(packets: list[tuple[bytes, int, int, boo
 # --- (b) valid data, mutated -----------------------------------------------------------------------
 
 
-@fuzz(100)
+@fuzz(60)
 @given(st.data())
 def test_mutated_records_and_tags(data: st.DataObject) -> None:
     units = data.draw(access_units)
@@ -110,7 +110,7 @@ def test_mutated_records_and_tags(data: st.DataObject) -> None:
         _h264_parsers(raw)
 
 
-@fuzz(120)
+@fuzz(70)
 @given(access_units, st.integers(3, 1500), st.data())
 def test_depacketizer_mutated_packets(units: list[bytes], mtu: int, data: st.DataObject) -> None:
     payloads = h264.packetize(units, mtu)
@@ -123,7 +123,7 @@ def test_depacketizer_mutated_packets(units: list[bytes], mtu: int, data: st.Dat
 # --- (c) round trips -------------------------------------------------------------------------------
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.lists(access_units, min_size=1, max_size=4), st.integers(3, 1500), st.integers(0, 0xFFFF))
 def test_packetize_depacketize(units: list[list[bytes]], mtu: int, seq0: int) -> None:
     dep = Depacketizer()
@@ -139,7 +139,7 @@ def test_packetize_depacketize(units: list[list[bytes]], mtu: int, seq0: int) ->
     assert not any(u.damaged for u in got)
 
 
-@fuzz(200)
+@fuzz(120)
 @given(access_units, st.sampled_from([1, 2, 4]))
 def test_framings_round_trip(units: list[bytes], length_size: int) -> None:
     assert h264.annexb_split(h264.to_annexb(units)) == units
@@ -151,7 +151,7 @@ def test_framings_round_trip(units: list[bytes], length_size: int) -> None:
     assert flv.split_avcc_nalus(tag.data) == units
 
 
-@fuzz(200)
+@fuzz(120)
 @given(
     st.lists(st.binary(min_size=4, max_size=40), min_size=1, max_size=31),
     st.lists(st.binary(min_size=1, max_size=40), max_size=10),
@@ -172,7 +172,7 @@ def test_avc_records_round_trip(sps: list[bytes], pps: list[bytes], length_size:
     assert AVCDecoderConfigurationRecord.parse(tag.data) == record
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.binary(min_size=2, max_size=64))
 def test_audio_specific_config_reproduces_its_input(data: bytes) -> None:
     try:
@@ -183,7 +183,7 @@ def test_audio_specific_config_reproduces_its_input(data: bytes) -> None:
     assert AudioSpecificConfig.parse(asc.serialize()) == asc
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.integers(1, (1 << 24) - 1), st.sampled_from([1, 2, 3, 4, 5, 6, 8]),
        st.integers(1, 95).filter(lambda t: t != 31))
 def test_audio_specific_config_for_stream(rate: int, channels: int, object_type: int) -> None:

@@ -68,13 +68,13 @@ def _message(message: Message) -> None:
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(400)
+@fuzz(240)
 @given(st.binary(max_size=600), st.lists(st.integers(1, 200), min_size=1, max_size=4))
 def test_chunk_reader_arbitrary_bytes(data: bytes, sizes: list[int]) -> None:
     _read(data, sizes)
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.sampled_from(range(256)), st.binary(max_size=200))
 def test_message_parsers_arbitrary_payloads(type_id: int, payload: bytes) -> None:
     _message(Message(type_id, 0, 0, payload))
@@ -85,7 +85,7 @@ def test_message_parsers_arbitrary_payloads(type_id: int, payload: bytes) -> Non
             pass
 
 
-@fuzz(100)
+@fuzz(60)
 @given(st.binary(max_size=3200), st.lists(st.integers(1, 2000), min_size=1, max_size=3))
 def test_handshake_arbitrary_bytes(data: bytes, sizes: list[int]) -> None:
     hs = ServerHandshake(random_bytes=bytes)
@@ -105,7 +105,7 @@ def test_handshake_arbitrary_bytes(data: bytes, sizes: list[int]) -> None:
 # --- (b) valid streams, mutated --------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.lists(messages, min_size=1, max_size=6), st.integers(1, 300), st.data())
 def test_chunk_reader_mutated_streams(msgs: list[Message], chunk_size: int, data: st.DataObject) -> None:
     writer = ChunkWriter()
@@ -113,7 +113,7 @@ def test_chunk_reader_mutated_streams(msgs: list[Message], chunk_size: int, data
     _read(data.draw(mutated(stream)), data.draw(st.lists(st.integers(1, 500), min_size=1, max_size=3)))
 
 
-@fuzz(200)
+@fuzz(60)
 @given(st.text(max_size=12), st.floats(allow_nan=False), st.lists(amf0_values, max_size=3), st.data())
 def test_commands_mutated(name: str, tid: float, args: list[object], data: st.DataObject) -> None:
     message = rtmp.command_message(name, tid, *args)
@@ -149,7 +149,7 @@ def test_hostile_headers(data: bytes) -> None:
 # --- (c) round trips -------------------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(180)
 @given(
     st.lists(messages, max_size=8),
     st.sampled_from([1, 2, 7, 128, 4096, rtmp.MAX_CHUNK_SIZE]),
@@ -163,7 +163,7 @@ def test_writer_reader_round_trip(msgs: list[Message], chunk_size: int, sizes: l
     assert got[1:] == [Message(m.type_id, m.stream_id, m.timestamp & 0xFFFFFFFF, m.payload) for m in msgs]
 
 
-@fuzz(200)
+@fuzz(60)
 @given(st.text(max_size=20), st.floats(allow_nan=False), st.none() | st.dictionaries(
     st.text(max_size=5), amf0_values, max_size=3), st.lists(amf0_values, max_size=3))
 def test_command_round_trip(name: str, tid: float, obj: object, args: list[object]) -> None:
@@ -174,7 +174,7 @@ def test_command_round_trip(name: str, tid: float, obj: object, args: list[objec
     assert data.transaction_id is None and amf0.encode(*data.args) == amf0.encode(*args)
 
 
-@fuzz(100)
+@fuzz(60)
 @given(st.integers(0, 0xFFFF), u32, st.none() | u32)
 def test_user_control_round_trip(event: int, value: int, buffer_length: int | None) -> None:
     if event == rtmp.SET_BUFFER_LENGTH and buffer_length is None:

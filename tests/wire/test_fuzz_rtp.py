@@ -111,7 +111,7 @@ def _dtmf(data: bytes) -> None:
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(500)
+@fuzz(300)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes(data: bytes) -> None:
     _rtp(data)
@@ -119,7 +119,7 @@ def test_arbitrary_bytes(data: bytes) -> None:
     _dtmf(data)
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.integers(0x80, 0xBF), u8, st.binary(max_size=120))
 def test_version_2_headers_with_garbage(b0: int, b1: int, rest: bytes) -> None:
     data = bytes((b0, b1)) + rest
@@ -127,7 +127,7 @@ def test_version_2_headers_with_garbage(b0: int, b1: int, rest: bytes) -> None:
     _rtcp(data)
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.text(max_size=20))
 def test_dtmf_digits(digits: str) -> None:
     sender = DtmfSender()
@@ -143,7 +143,7 @@ def test_dtmf_digits(digits: str) -> None:
 # --- (b) valid packets, mutated --------------------------------------------------------------------
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.data())
 def test_mutated_packets(data: st.DataObject) -> None:
     _rtp(data.draw(mutated(data.draw(rtp_packets()).serialize())))
@@ -172,7 +172,7 @@ def test_hostile_lengths() -> None:
 # --- (c) round trips -------------------------------------------------------------------------------
 
 
-@fuzz(200)
+@fuzz(120)
 @given(rtp_packets())
 def test_rtp_round_trip(packet: RtpPacket) -> None:
     raw = packet.serialize()
@@ -180,7 +180,7 @@ def test_rtp_round_trip(packet: RtpPacket) -> None:
     assert RtpPacket.parse(raw).serialize() == raw
 
 
-@fuzz(150)
+@fuzz(90)
 @given(st.lists(rtcp_packets, min_size=1, max_size=5))
 def test_rtcp_round_trip(packets: list) -> None:
     raw = serialize_compound(packets)
@@ -193,7 +193,7 @@ def test_rtcp_round_trip(packets: list) -> None:
     assert serialize_compound(parsed) == raw
 
 
-@fuzz(200)
+@fuzz(120)
 @given(u8, st.booleans(), st.integers(0, 63), u16)
 def test_telephone_event_round_trip(event: int, end: bool, volume: int, duration: int) -> None:
     te = TelephoneEvent(event, end, volume, duration)

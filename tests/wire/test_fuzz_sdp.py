@@ -78,13 +78,13 @@ def _use(data: bytes | str) -> None:
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.binary(max_size=1000))
 def test_arbitrary_bytes(data: bytes) -> None:
     _use(data)
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.lists(st.tuples(st.sampled_from("vosicmtabkezpru"), st.text(max_size=40)), max_size=20))
 def test_arbitrary_lines(lines: list[tuple[str, str]]) -> None:
     head = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n"
@@ -95,7 +95,7 @@ def test_arbitrary_lines(lines: list[tuple[str, str]]) -> None:
 # --- (b) valid descriptions, mutated ---------------------------------------------------------------
 
 
-@fuzz(150)
+@fuzz(90)
 @given(st.data())
 def test_mutated_offer(data: st.DataObject) -> None:
     _use(data.draw(mutated(bytes(data.draw(offers())))))
@@ -121,7 +121,7 @@ HOSTILE_LINES = [
 ]
 
 
-@fuzz(80)
+@fuzz(40)
 @given(offers(), st.lists(st.sampled_from(HOSTILE_LINES), min_size=1, max_size=3), st.data())
 def test_hostile_lines(offer: SessionDescription, extra: list[str], data: st.DataObject) -> None:
     lines = offer.lines()
@@ -133,7 +133,7 @@ def test_hostile_lines(offer: SessionDescription, extra: list[str], data: st.Dat
 # --- (c) round trips ---------------------------------------------------------------------------------
 
 
-@fuzz(100)
+@fuzz(40)
 @given(offers())
 def test_round_trip(offer: SessionDescription) -> None:
     text = str(offer)
@@ -143,7 +143,7 @@ def test_round_trip(offer: SessionDescription) -> None:
     assert SessionDescription.parse(bytes(offer)) == offer
 
 
-@fuzz(60)
+@fuzz(40)
 @given(offers())
 def test_offer_answer_between_two_of_us(offer: SessionDescription) -> None:
     """Our offer answered by our own negotiator and the answer read back: always agrees on audio."""

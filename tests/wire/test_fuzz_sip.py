@@ -111,19 +111,19 @@ def _parse_or_sip_error(data: bytes, datagram: bool = True) -> Request | Respons
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(500)
+@fuzz(300)
 @given(st.binary(max_size=2000), st.booleans())
 def test_parse_message_arbitrary_bytes(data: bytes, datagram: bool) -> None:
     _parse_or_sip_error(data, datagram)
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.text(max_size=400))
 def test_parse_message_arbitrary_text(text: str) -> None:
     _parse_or_sip_error(("OPTIONS sip:a@b SIP/2.0\r\n" + text).encode("utf-8", "surrogatepass"))
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.lists(st.binary(max_size=300), max_size=8))
 def test_stream_framer_arbitrary_bytes(pieces: list[bytes]) -> None:
     framer = StreamFramer()
@@ -135,7 +135,7 @@ def test_stream_framer_arbitrary_bytes(pieces: list[bytes]) -> None:
         pass
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.text(max_size=200))
 def test_header_parsers_arbitrary_text(text: str) -> None:
     for parse in (Via.parse, parse_cseq):
@@ -153,7 +153,7 @@ def test_header_parsers_arbitrary_text(text: str) -> None:
 # --- (b) valid messages, mutated -------------------------------------------------------------------
 
 
-@fuzz(150)
+@fuzz(90)
 @given(st.data())
 def test_parse_message_mutated(data: st.DataObject) -> None:
     base = bytes(data.draw(messages))
@@ -179,7 +179,7 @@ HOSTILE_HEADERS = [
 ]
 
 
-@fuzz(60)
+@fuzz(40)
 @given(messages, st.sampled_from(HOSTILE_HEADERS), st.booleans())
 def test_parse_message_hostile_headers(msg: Request | Response, extra: bytes, first: bool) -> None:
     """The hostile field replaces the message's own fields of that name (so it is the one checked)."""
@@ -195,7 +195,7 @@ def test_parse_message_hostile_headers(msg: Request | Response, extra: bytes, fi
 # --- (c) round trips ---------------------------------------------------------------------------------
 
 
-@fuzz(100)
+@fuzz(60)
 @given(messages)
 def test_message_round_trip(msg: Request | Response) -> None:
     raw = bytes(msg)
@@ -223,13 +223,13 @@ def test_stream_framer_round_trip(msgs: list[Request | Response], sizes: list[in
     assert out == [bytes(m) for m in msgs]
 
 
-@fuzz(150)
+@fuzz(90)
 @given(sip_uris())
 def test_sip_uri_round_trip(uri: SipUri) -> None:
     assert SipUri.parse(str(uri)) == uri
 
 
-@fuzz(150)
+@fuzz(90)
 @given(name_addrs())
 def test_name_addr_round_trip(value: NameAddr) -> None:
     parsed = NameAddr.parse(str(value))

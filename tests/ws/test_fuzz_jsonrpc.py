@@ -73,20 +73,20 @@ def _serve(frame: str | bytes) -> None:
 # --- (a) arbitrary input ---------------------------------------------------------------------------
 
 
-@fuzz(400)
+@fuzz(240)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes(data: bytes) -> None:
     _serve(data)
 
 
-@fuzz(400)
+@fuzz(240)
 @given(st.text(max_size=300))
 def test_arbitrary_text(text: str) -> None:
     _serve(text)
     _serve(text.encode("utf-8"))
 
 
-@fuzz(300)
+@fuzz(180)
 @given(st.text("[]{}\",:\\u0123456789abcdefd ", max_size=200))
 def test_json_punctuation(text: str) -> None:
     _serve(text)
@@ -95,19 +95,19 @@ def test_json_punctuation(text: str) -> None:
 # --- (b) valid frames, mutated ---------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(90)
 @given(frames())
 def test_structured_frames(frame: str) -> None:
     _serve(frame)
 
 
-@fuzz(300)
+@fuzz(90)
 @given(st.data())
 def test_mutated_frames(data: st.DataObject) -> None:
     _serve(data.draw(mutated(data.draw(frames()).encode("utf-8"))))
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.sampled_from(["\\ud800", "\\udfff", "\\ud83d\\ude00", "\\ude00\\ud83d", "\\\\ud800", "\\u0000"]),
        st.sampled_from(["id", "method", "key", "value"]))
 def test_escapes_and_surrogates(escape: str, where: str) -> None:
@@ -121,7 +121,7 @@ def test_escapes_and_surrogates(escape: str, where: str) -> None:
 # --- (c) round trips -------------------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(60)
 @given(st.integers() | st.text(max_size=128), st.sampled_from(["ping", "login", "call.x"]),
        st.dictionaries(st.text(max_size=10), json_values, max_size=4))
 def test_request_round_trip(request_id: int | str, method: str, params: dict) -> None:
