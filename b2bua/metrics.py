@@ -1,15 +1,17 @@
-"""A tiny Prometheus metrics registry with no dependencies.
+"""The service's Prometheus metrics, on ``prometheus_client``.
 
 The service creates one :class:`Registry` and passes it to whoever records metrics; there is
-deliberately no module-level default registry. :meth:`Registry.render` produces the Prometheus
-text exposition format, version 0.0.4.
+deliberately no module-level default registry (``prometheus_client``'s global ``REGISTRY`` is never
+used). :meth:`Registry.render` produces the Prometheus text exposition format, version 0.0.4,
+with ``prometheus_client.generate_latest``.
 
-Metric families:
+Metric families, thin wrappers that keep this module's small API over ``prometheus_client``'s
+``Counter``, ``Gauge`` and ``Histogram``:
 
 * :class:`Counter` (``inc``), :class:`Gauge` (``inc``/``dec``/``set``) and :class:`Histogram`
   (``observe``). With label names, ``.labels(*values)`` returns a child that holds the value;
-  without, the family itself has the methods. Looking a child up is one dict lookup by the
-  tuple of values, and a child may be kept and reused on hot paths::
+  without, the family itself has the methods. Looking a child up again is one dict lookup by
+  the tuple of values, and a child may be kept and reused on hot paths::
 
       rtp_in = registry.counter("mpb2bua_rtp_packets_total", "RTP packets.", ("direction",))
       rtp_in_rx = rtp_in.labels("rx")   # keep this
@@ -18,11 +20,10 @@ Metric families:
 * :class:`CallbackGauge` (:meth:`Registry.gauge_fn`): a gauge whose value is asked for at scrape
   time, for numbers the service already knows (sessions open, registrations by state).
 
-Names are the caller's choice: counters should end in ``_total`` and units should be spelled out
-(``_seconds``, ``_bytes``) as the Prometheus naming conventions say; nothing here appends suffixes
-except the ``_bucket``/``_sum``/``_count`` series of histograms.
-
-Everything runs on the reactor thread: there are no locks.
+Names are the caller's: counters must end in ``_total`` (``prometheus_client`` names a counter's
+series ``<family>_total``) and units should be spelled out (``_seconds``, ``_bytes``). The
+``_created`` series that ``prometheus_client`` adds to counters and histograms are not exported:
+the names and series are the ones this service has always exposed.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = [
     "CallbackGauge",
@@ -47,7 +51,7 @@ __all__ = [
 ]
 
 #: The ``Content-Type`` of :meth:`Registry.render`'s output.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 _log = logging.getLogger(__name__)
 
@@ -55,38 +59,6 @@ _METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 CallbackValue = float | Mapping[tuple[str, ...], float] | Mapping[str, float]
-
-
-def format_value(value: float) -> str:
-    """Format a sample value: integral values without a fraction, ``+Inf``, ``-Inf``, ``NaN``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def escape_label_value(value: str) -> str:
-    """Escape a label value: backslash, double quote and line feed."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _label_pairs(labelnames: Sequence[str], values: Sequence[str]) -> str:
-    """``a="x",b="y"`` without braces; empty when there are no labels."""
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(labelnames, values, strict=True))
-
-
-def _braced(pairs: str) -> str:
-    return "{" + pairs + "}" if pairs else ""
 
 
 def _check_labelnames(
@@ -105,61 +77,70 @@ def _check_labelnames(
     return names
 
 
+def _samples(metric: Any) -> list[Any]:
+    """The samples of a ``prometheus_client`` metric or child, through its public ``collect()``."""
+    return [s for family in metric.collect() for s in family.samples]
+
+
 # --------------------------------------------------------------------------------------------
-# children: they hold the values
+# children: one series each; the methods are prometheus_client's own (bound once, no extra call)
 
 
 class CounterChild:
-    """One counter series. ``value`` is readable."""
+    """One counter series: ``inc(n=1)``; ``value`` is readable (slowly: it collects)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_metric", "inc")
 
-    def __init__(self) -> None:
-        self.value: float = 0
+    def __init__(self, metric: prometheus_client.Counter) -> None:
+        self._metric = metric
+        self.inc: Callable[..., None] = metric.inc
 
-    def inc(self, n: float = 1) -> None:
-        """Add ``n`` (must not be negative)."""
-        if n < 0:
-            raise ValueError("counters can only increase")
-        self.value += n
+    @property
+    def value(self) -> float:
+        return next(s.value for s in _samples(self._metric) if s.name.endswith("_total"))
 
 
 class GaugeChild:
-    """One gauge series. ``value`` is readable."""
+    """One gauge series: ``inc``, ``dec``, ``set``; ``value`` is readable."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_metric", "inc", "dec", "set")
 
-    def __init__(self) -> None:
-        self.value: float = 0
+    def __init__(self, metric: prometheus_client.Gauge) -> None:
+        self._metric = metric
+        self.inc: Callable[..., None] = metric.inc
+        self.dec: Callable[..., None] = metric.dec
+        self.set: Callable[[float], None] = metric.set
 
-    def inc(self, n: float = 1) -> None:
-        self.value += n
-
-    def dec(self, n: float = 1) -> None:
-        self.value -= n
-
-    def set(self, v: float) -> None:
-        self.value = v
+    @property
+    def value(self) -> float:
+        return _samples(self._metric)[0].value
 
 
 class HistogramChild:
-    """One histogram series. ``counts`` are per bucket (not cumulative); ``sum`` and ``count``."""
+    """One histogram series: ``observe(v)`` (a value equal to a bound falls in that bucket);
+    ``counts`` per bucket (not cumulative), ``sum`` and ``count`` are readable."""
 
-    __slots__ = ("_bounds", "counts", "sum", "count")
+    __slots__ = ("_metric", "observe")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
-        self.counts: list[int] = [0] * len(bounds)
-        self.sum: float = 0
-        self.count: int = 0
+    def __init__(self, metric: prometheus_client.Histogram) -> None:
+        self._metric = metric
+        self.observe: Callable[[float], None] = metric.observe
 
-    def observe(self, v: float) -> None:
-        """Record one observation; a value equal to a bound falls in that bucket (``le``)."""
-        # bisect_left finds the first bound >= v; NaN compares false everywhere and goes to +Inf.
-        i = bisect_left(self._bounds, v) if v == v else len(self._bounds) - 1
-        self.counts[i] += 1
-        self.sum += v
-        self.count += 1
+    def _series(self, suffix: str) -> list[float]:
+        return [s.value for s in _samples(self._metric) if s.name.endswith(suffix)]
+
+    @property
+    def counts(self) -> list[int]:
+        cumulative = [int(v) for v in self._series("_bucket")]
+        return [b - a for a, b in zip([0, *cumulative], cumulative, strict=False)]
+
+    @property
+    def sum(self) -> float:
+        return self._series("_sum")[0]
+
+    @property
+    def count(self) -> int:
+        return int(self._series("_count")[0])
 
 
 C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
@@ -170,62 +151,52 @@ C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
 
 
 class _Family(Generic[C]):
-    """A named metric with its label names and its children, keyed by label values."""
+    """A named metric with its label names; its series live in the ``prometheus_client`` metric."""
 
     type_name = ""
+    _child_type: type[C]
 
-    def __init__(self, name: str, help: str, labelnames: tuple[str, ...]) -> None:
+    def __init__(self, name: str, help: str, labelnames: tuple[str, ...], metric: Any) -> None:
         self.name = name
         self.help = help
         self.labelnames = labelnames
-        # normalised (str) values -> child, in creation order; rendered from this
-        self._children: dict[tuple[str, ...], C] = {}
-        # any values tuple seen by labels() -> child (e.g. (200,) and ("200",) share a child)
+        self._metric = metric
+        # any values tuple seen by labels() -> child (e.g. (200,) and ("200",) share a series):
+        # the hot path, one dict lookup instead of prometheus_client's checks and lock
         self._lookup: dict[tuple[object, ...], C] = {}
-        self._pairs: dict[tuple[str, ...], str] = {}
-        self._default: C | None = None
-        if not labelnames:
-            self._default = self._new_child()
-            self._children[()] = self._default
-            self._pairs[()] = ""
-
-    def _new_child(self) -> C:
-        raise NotImplementedError
+        self._default: C | None = None if labelnames else self._child_type(metric)
+        if self._default is not None:
+            # unlabelled: the family's inc/dec/set/observe are the series' own (no extra call)
+            for method in self._child_type.__slots__[1:]:
+                setattr(self, method, getattr(self._default, method))
 
     def labels(self, *values: object) -> C:
         """The child for these label values (created on first use); values are turned into str."""
         child = self._lookup.get(values)
-        if child is not None:
-            return child
-        if not self.labelnames:
-            raise ValueError(f"{self.name} has no labels")
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} expects {len(self.labelnames)} label values, got {len(values)}")
-        key = tuple(v if isinstance(v, str) else str(v) for v in values)
-        child = self._children.get(key)
         if child is None:
-            child = self._new_child()
-            self._children[key] = child
-            self._pairs[key] = _label_pairs(self.labelnames, key)
-        self._lookup[values] = child
+            if not self.labelnames:
+                raise ValueError(f"{self.name} has no labels")
+            if len(values) != len(self.labelnames):
+                raise ValueError(
+                    f"{self.name} expects {len(self.labelnames)} label values, got {len(values)}"
+                )
+            child = self._lookup[values] = self._child_type(self._metric.labels(*values))
         return child
 
     def remove(self, *values: object) -> None:
         """Forget the series for these label values (no error if it does not exist)."""
-        key = tuple(v if isinstance(v, str) else str(v) for v in values)
-        child = self._children.pop(key, None)
-        if child is None:
+        if len(values) != len(self.labelnames) or not values:
             return
-        del self._pairs[key]
-        for k in [k for k, c in self._lookup.items() if c is child]:
+        key = tuple(str(v) for v in values)
+        self._metric.remove(*key)
+        for k in [k for k in self._lookup if tuple(str(v) for v in k) == key]:
             del self._lookup[k]
 
     def clear(self) -> None:
         """Forget every labelled series."""
         if self.labelnames:
-            self._children.clear()
+            self._metric.clear()
             self._lookup.clear()
-            self._pairs.clear()
 
     def _unlabelled(self) -> C:
         child = self._default
@@ -233,16 +204,11 @@ class _Family(Generic[C]):
             raise ValueError(f"{self.name} has labels {self.labelnames!r}: use .labels(...)")
         return child
 
-    def _header(self, out: list[str]) -> None:
-        out.append(f"# HELP {self.name} {_escape_help(self.help)}")
-        out.append(f"# TYPE {self.name} {self.type_name}")
-
-    def _render(self, out: list[str]) -> None:
-        self._header(out)
-        name = self.name
-        pairs = self._pairs
-        for key, child in self._children.items():
-            out.append(f"{name}{_braced(pairs[key])} {format_value(child.value)}")  # type: ignore[union-attr]
+    def collect(self) -> Iterator[Metric]:
+        for family in self._metric.collect():
+            # prometheus_client's own creation-time series: not part of what we expose
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
 
     @property
     def sample_names(self) -> tuple[str, ...]:
@@ -253,12 +219,10 @@ class Counter(_Family[CounterChild]):
     """A counter family; see :meth:`Registry.counter`."""
 
     type_name = "counter"
-
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
+    _child_type = CounterChild
 
     def inc(self, n: float = 1) -> None:
-        """Add ``n`` to an unlabelled counter."""
+        """Add ``n`` (not negative) to an unlabelled counter."""
         self._unlabelled().inc(n)
 
     @property
@@ -270,9 +234,7 @@ class Gauge(_Family[GaugeChild]):
     """A gauge family; see :meth:`Registry.gauge`."""
 
     type_name = "gauge"
-
-    def _new_child(self) -> GaugeChild:
-        return GaugeChild()
+    _child_type = GaugeChild
 
     def inc(self, n: float = 1) -> None:
         self._unlabelled().inc(n)
@@ -292,6 +254,7 @@ class Histogram(_Family[HistogramChild]):
     """A histogram family; see :meth:`Registry.histogram`. ``bounds`` ends with ``inf``."""
 
     type_name = "histogram"
+    _child_type = HistogramChild
 
     def __init__(self, name: str, help: str, labelnames: tuple[str, ...], buckets: Sequence[float]) -> None:
         bounds = [float(b) for b in buckets]
@@ -303,29 +266,12 @@ class Histogram(_Family[HistogramChild]):
         if bounds[-1] != math.inf:
             bounds.append(math.inf)
         self.bounds: tuple[float, ...] = tuple(bounds)
-        self._le = [f'le="{format_value(b)}"' for b in self.bounds]
-        super().__init__(name, help, labelnames)
-
-    def _new_child(self) -> HistogramChild:
-        return HistogramChild(self.bounds)
+        metric = prometheus_client.Histogram(name, help, labelnames, registry=None, buckets=self.bounds)
+        super().__init__(name, help, labelnames, metric)
 
     def observe(self, v: float) -> None:
         """Record one observation in an unlabelled histogram."""
         self._unlabelled().observe(v)
-
-    def _render(self, out: list[str]) -> None:
-        self._header(out)
-        name = self.name
-        for key, child in self._children.items():
-            pairs = self._pairs[key]
-            sep = "," if pairs else ""
-            cumulative = 0
-            for le, n in zip(self._le, child.counts, strict=True):
-                cumulative += n
-                out.append(f"{name}_bucket{{{pairs}{sep}{le}}} {cumulative}")
-            braced = _braced(pairs)
-            out.append(f"{name}_sum{braced} {format_value(child.sum)}")
-            out.append(f"{name}_count{braced} {child.count}")
 
     @property
     def sample_names(self) -> tuple[str, ...]:
@@ -349,70 +295,83 @@ class CallbackGauge:
     def sample_names(self) -> tuple[str, ...]:
         return (self.name,)
 
-    def _render(self, out: list[str]) -> None:
+    def collect(self) -> Iterator[Metric]:
         try:
-            samples = self._samples()
+            family = self._family()
         except Exception:
             # A broken callback must not take the whole scrape down: the family is kept (HELP and
             # TYPE) without samples, and the error is logged.
             _log.exception("metrics callback for %s failed", self.name)
-            samples = []
-        out.append(f"# HELP {self.name} {_escape_help(self.help)}")
-        out.append(f"# TYPE {self.name} gauge")
-        out.extend(samples)
+            family = GaugeMetricFamily(self.name, self.help, labels=self.labelnames or None)
+        yield family
 
-    def _samples(self) -> list[str]:
+    def _family(self) -> GaugeMetricFamily:
         result = self.fn()
         name = self.name
         if not self.labelnames:
             if isinstance(result, Mapping):
                 raise TypeError(f"{name}: callback returned a mapping but the gauge has no labels")
-            return [f"{name} {format_value(result)}"]
+            return GaugeMetricFamily(name, self.help, value=float(result))
         if not isinstance(result, Mapping):
             raise TypeError(f"{name}: callback must return a mapping of label values to numbers")
-        lines = []
+        family = GaugeMetricFamily(name, self.help, labels=self.labelnames)
         for key, value in result.items():
-            values = (key,) if isinstance(key, str) else tuple(str(v) for v in key)
-            pairs = _label_pairs(self.labelnames, values)  # raises ValueError on a wrong length
-            lines.append(f"{name}{{{pairs}}} {format_value(value)}")
-        return lines
+            values = [key] if isinstance(key, str) else [str(v) for v in key]
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{name}: {len(values)} label values for {len(self.labelnames)} labels")
+            family.add_metric(values, float(value))
+        return family
 
 
-Metric = Counter | Gauge | Histogram | CallbackGauge
+_Metric = Counter | Gauge | Histogram | CallbackGauge
 
 
 # --------------------------------------------------------------------------------------------
 
 
 class Registry:
-    """A set of uniquely named metrics, rendered together in registration order."""
+    """A set of uniquely named metrics, rendered together in registration order.
+
+    It is a ``prometheus_client`` collector (:meth:`collect`), rendered by
+    ``prometheus_client.generate_latest``.
+    """
 
     def __init__(self) -> None:
-        self._metrics: dict[str, Metric] = {}
+        self._metrics: dict[str, _Metric] = {}
         self._sample_names: dict[str, str] = {}  # every series name -> owning family
 
-    def _add(self, metric: Metric) -> None:
-        if not isinstance(metric.name, str) or not _METRIC_NAME_RE.match(metric.name):
-            raise ValueError(f"invalid metric name {metric.name!r}")
+    def _add(self, name: str, labelnames: tuple[str, ...], make: Callable[[], _Metric]) -> Any:
+        if not isinstance(name, str) or not _METRIC_NAME_RE.match(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        metric = make()
         for sample in metric.sample_names:
             owner = self._sample_names.get(sample)
             if owner is not None:
-                raise ValueError(f"metric {metric.name!r} clashes with the already registered {owner!r}")
-        self._metrics[metric.name] = metric
+                raise ValueError(f"metric {name!r} clashes with the already registered {owner!r}")
+        self._metrics[name] = metric
         for sample in metric.sample_names:
-            self._sample_names[sample] = metric.name
+            self._sample_names[sample] = name
+        return metric
 
     def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        """Register a counter (name it ``..._total``)."""
-        metric = Counter(name, help, _check_labelnames(name, labelnames))
-        self._add(metric)
-        return metric
+        """Register a counter; its name ends in ``_total``."""
+        names = _check_labelnames(name, labelnames)
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r}: a counter's name ends in _total")
+        return self._add(
+            name,
+            names,
+            lambda: Counter(name, help, names, prometheus_client.Counter(name, help, names, registry=None)),
+        )
 
     def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
         """Register a gauge that the caller sets."""
-        metric = Gauge(name, help, _check_labelnames(name, labelnames))
-        self._add(metric)
-        return metric
+        names = _check_labelnames(name, labelnames)
+        return self._add(
+            name,
+            names,
+            lambda: Gauge(name, help, names, prometheus_client.Gauge(name, help, names, registry=None)),
+        )
 
     def gauge_fn(
         self,
@@ -427,17 +386,15 @@ class Registry:
         of label values to numbers (a plain str key is accepted when there is one label), e.g.
         ``lambda: {("registered",): 10, ("failed",): 2}`` for ``labelnames=("state",)``.
         """
-        metric = CallbackGauge(name, help, fn, _check_labelnames(name, labelnames))
-        self._add(metric)
-        return metric
+        names = _check_labelnames(name, labelnames)
+        return self._add(name, names, lambda: CallbackGauge(name, help, fn, names))
 
     def histogram(
         self, name: str, help: str, buckets: Sequence[float], labelnames: Sequence[str] = ()
     ) -> Histogram:
         """Register a histogram with these upper bounds (``+Inf`` is added when missing)."""
-        metric = Histogram(name, help, _check_labelnames(name, labelnames, reserved=("le",)), buckets)
-        self._add(metric)
-        return metric
+        names = _check_labelnames(name, labelnames, reserved=("le",))
+        return self._add(name, names, lambda: Histogram(name, help, names, buckets))
 
     def unregister(self, name: str) -> None:
         """Remove a metric by its family name (KeyError when unknown)."""
@@ -448,12 +405,11 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._metrics
 
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family, in registration order (the ``prometheus_client`` collector API)."""
+        for metric in list(self._metrics.values()):
+            yield from metric.collect()
+
     def render(self) -> bytes:
         """All metrics in the Prometheus text exposition format 0.0.4 (see :data:`CONTENT_TYPE`)."""
-        out: list[str] = []
-        for metric in self._metrics.values():
-            metric._render(out)
-        if not out:
-            return b""
-        out.append("")
-        return "\n".join(out).encode("utf-8")
+        return prometheus_client.generate_latest(self)

@@ -88,7 +88,8 @@ def test_metrics() -> None:
     assert request.responseCode == 200
     assert header(request, b"content-type") == b"text/plain; version=0.0.4; charset=utf-8"
     assert body(request) == r.render()
-    assert body(request).endswith(b"\nmpb2bua_calls_total 2\n")
+    name, value = body(request).splitlines()[-1].split(b" ")
+    assert (name, float(value)) == (b"mpb2bua_calls_total", 2)
 
 
 def test_metrics_render_failure_is_500() -> None:

@@ -296,7 +296,11 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
             out.append(b"\x0c" + _U32.pack(n))
         out.append(raw)
     elif isinstance(value, int | float):
-        out.append(b"\x00" + _DOUBLE.pack(float(value)))
+        try:
+            number = float(value)
+        except OverflowError:
+            raise Amf0Error(f"integer of {value.bit_length()} bits does not fit an AMF0 number (a double)")
+        out.append(b"\x00" + _DOUBLE.pack(number))
     elif isinstance(value, TypedObject):
         out.append(b"\x10")
         _encode_key(value.class_name, out)

@@ -175,7 +175,9 @@ class AudioSpecificConfig:
             value = (value << n) | (v & ((1 << n) - 1))
             bits += n
 
-        if self.object_type >= 31:
+        if not 0 < self.object_type < 96 or self.object_type == 31:  # 31 is the escape, 32 + 63 the last
+            raise FlvError(f"audioObjectType {self.object_type} cannot be written")
+        if self.object_type > 31:
             put(31, 5)
             put(self.object_type - 32, 6)
         else:

@@ -34,6 +34,10 @@ FU_B = 29
 _FU_START = 0x80
 _FU_END = 0x40
 
+# RTP payload bytes one access unit may take (a 1080p key frame is well under 1 MiB); beyond it
+# the unit is dropped, so that a peer never ending an FU-A or an access unit cannot grow memory.
+MAX_ACCESS_UNIT_SIZE = 4 * 1024 * 1024
+
 
 class H264Error(ValueError):
     """A NAL unit, RTP payload or byte stream that cannot be used."""
@@ -128,10 +132,14 @@ class Depacketizer:
     in sequence numbers drops the FU-A being reassembled (and marks the access unit damaged);
     FU-A fragments whose start was lost are dropped; other NAL units of the same access
     unit are kept. Reordered packets count as loss: reorder video upstream if needed.
-    A malformed payload raises :class:`H264Error` after marking the access unit damaged.
+    A malformed payload raises :class:`H264Error` after marking the access unit damaged; so does
+    a packet that takes the access unit beyond ``max_access_unit`` payload bytes, after dropping
+    what was gathered of it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_access_unit: int = MAX_ACCESS_UNIT_SIZE) -> None:
+        self.max_access_unit = max_access_unit
+        self._size = 0  # payload bytes received for the access unit in progress
         self._ts: int | None = None
         self._nalus: list[bytes] = []
         self._damaged = False
@@ -153,6 +161,7 @@ class Depacketizer:
         self._drop_fu()
         au = AccessUnit(self._ts or 0, self._nalus, self._damaged)
         self._nalus = []
+        self._size = 0
         self._damaged = False
         self._ts = None
         return [au] if au.nalus else []
@@ -181,6 +190,14 @@ class Depacketizer:
             out.extend(self._flush())
             self._damaged = gap
         self._ts = timestamp
+        self._size += len(payload)
+        if self._size > self.max_access_unit:
+            self._drop_fu()
+            self.dropped_nalus += len(self._nalus)
+            self._nalus = []
+            self._size = 0
+            self._damaged = True
+            raise H264Error("access unit larger than %d bytes: dropped" % self.max_access_unit)
         try:
             self._add(payload)
         except H264Error:

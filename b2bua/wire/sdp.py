@@ -45,6 +45,8 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
 }
 
 _LINE = re.compile(r"([a-z])=(.*)\Z")
+# ASCII digits only (\d would take "٩٦"), and few enough for int() (which refuses > 4300 digits)
+_RTPMAP = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d{1,10})(?:/(\d{1,3}))?\s*", re.ASCII)
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+\Z")
 
 
@@ -122,7 +124,7 @@ class RtpMap:
 
     @classmethod
     def parse(cls, value: str) -> RtpMap:
-        m = re.fullmatch(r"(\d{1,3})\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*", value)
+        m = _RTPMAP.fullmatch(value)
         if not m:
             raise SdpError("bad rtpmap %r" % value)
         payload_type = _payload_type(m.group(1))
@@ -136,14 +138,20 @@ class RtpMap:
         return text + ("/%d" % self.channels if self.channels != 1 else "")
 
 
+def _is_uint(text: str, max_digits: int) -> bool:
+    """ASCII digits, at most ``max_digits``: ``str.isdigit`` also accepts "²", which int() refuses,
+    and int() refuses more than 4300 digits; both raise a plain ValueError."""
+    return text.isascii() and text.isdigit() and len(text) <= max_digits
+
+
 def _payload_type(text: str) -> int:
-    if not text.isdigit() or int(text) > 127:
+    if not _is_uint(text, 3) or int(text) > 127:
         raise SdpError("bad RTP payload type %r" % text)
     return int(text)
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not _is_uint(text, 5) or int(text) > 65535:
         raise SdpError("bad port %r" % text)
     return int(text)
 
@@ -304,8 +312,8 @@ class MediaDescription:
 
 def _int_attr(name: str, value: str) -> int:
     value = value.strip()
-    if not value.isdigit():
-        raise SdpError("bad a=%s %r" % (name, value))
+    if not _is_uint(value, 9):
+        raise SdpError("bad a=%s %r" % (name, value[:40]))
     return int(value)
 
 
@@ -496,7 +504,7 @@ def _parse_media_line(value: str) -> MediaDescription:
     port_text, sep, count = port_text.partition("/")
     port_count = None
     if sep:
-        if not count.isdigit():
+        if not _is_uint(count, 5):
             raise SdpError("bad port count %r" % count)
         port_count = int(count)
     return MediaDescription(kind, _port(port_text), proto, formats, port_count)

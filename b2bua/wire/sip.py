@@ -518,7 +518,9 @@ def _check_headers(msg: Request | Response, body: bytes, datagram: bool, partial
         raise SipParseError("Content-Length required on a stream", partial=partial)
     if isinstance(msg, Request):
         mf = h.get("Max-Forwards")
-        if mf is not None and (not _is_digits(mf.strip()) or int(mf) > 255):
+        mf = None if mf is None else mf.strip()
+        # the length check first: int() refuses more than 4300 digits with a plain ValueError
+        if mf is not None and (not _is_digits(mf) or len(mf) > 10 or int(mf) > 255):
             raise SipParseError(f"bad Max-Forwards {mf[:20]!r}", partial=partial)
     msg.body = body
 

@@ -105,8 +105,11 @@ _MAX_ID_LENGTH = 128
 #: Deepest nesting of arrays/objects accepted; deeper frames are parse errors. Checked before
 #: json.loads so that hostile input never reaches the decoder's recursion limit.
 MAX_DEPTH = 32
-_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET_RE = re.compile(r"[\[\]{}]")
+# A string (possessive, and its closing quote optional, so that an unterminated one is consumed
+# once instead of being retried from each of its quotes: linear time) or a bracket.
+_TOKEN_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
+# A lone surrogate may hide behind these (escaped in JSON, or raw in a str frame).
+_SURROGATE_RE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _MAX_METHOD_LENGTH = 64
 _METHOD_RE = re.compile(r"[a-z][a-z0-9_.]*\Z")
 
@@ -179,14 +182,27 @@ def _too_deep(text: str) -> bool:
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return False  # the common case: no scan at all
     depth = 0
-    for match in _BRACKET_RE.finditer(_STRING_RE.sub("", text)):
-        if match.group() in "[{":
+    for match in _TOKEN_RE.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        if token in "[{":
             depth += 1
             if depth > MAX_DEPTH:
                 return True
         else:
             depth -= 1
     return False
+
+
+def _encodable(obj: Any) -> bool:
+    """False when a string in ``obj`` holds a lone surrogate ("\\ud800"): valid JSON syntax, but no
+    UTF-8 answer, log line or SIP message could carry it."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _usable_id(value: Any) -> JsonId | None:
@@ -216,6 +232,8 @@ def parse_frame(text: str | bytes) -> Request | Notification:
         obj = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise RpcError("parse_error", f"Parse error: {_short(str(exc))}")
+    if _SURROGATE_RE.search(text) and not _encodable(obj):
+        raise RpcError("parse_error", "Parse error: a string holds a lone UTF-16 surrogate")
 
     if isinstance(obj, list):
         raise RpcError("bad_request", "Batch requests are not supported")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
 
 from tests.integration.helpers import http_get, wait_until
@@ -69,9 +70,16 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
         code, metrics = yield threads.deferToThread(http_get, f"http://127.0.0.1:{http}/metrics")
         text = metrics.decode()
         assert code == 200
-        assert 'mpb2bua_registrations{state="registered"} 1' in text
-        assert 'mpb2bua_sip_requests_total{direction="out",method="REGISTER"} 2' in text
-        assert 'mpb2bua_sip_responses_total{direction="in",method="REGISTER",code="401"} 1' in text
+        samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert samples[("mpb2bua_registrations", frozenset({("state", "registered")}))] == 1
+        requests = ("mpb2bua_sip_requests_total", frozenset({("direction", "out"), ("method", "REGISTER")}))
+        assert samples[requests] == 2
+        responses = frozenset({("direction", "in"), ("method", "REGISTER"), ("code", "401")})
+        assert samples[("mpb2bua_sip_responses_total", responses)] == 1
         assert "mpb2bua_sessions" in text
         # the media clock has not run (no call): no tick has lagged
         assert "mpb2bua_media_tick_lag_max_seconds 0" in text

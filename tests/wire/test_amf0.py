@@ -220,6 +220,10 @@ def test_encode_errors() -> None:
         encode(datetime(2020, 1, 1))
     with pytest.raises(Amf0Error, match="exceeds 65535"):
         encode({"k" * 70000: None})
+    # found by fuzzing: an int beyond a double's range raised OverflowError
+    with pytest.raises(Amf0Error, match="does not fit"):
+        encode(10**400)
+    assert encode(2**1023) == b"\x00" + struct.pack(">d", 2.0**1023)
 
 
 def test_undefined_sentinel() -> None:

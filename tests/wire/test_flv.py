@@ -72,6 +72,17 @@ def test_explicit_frequency_and_escaped_object_type() -> None:
     assert (eight.channel_config, eight.channels) == (7, 8)
 
 
+def test_unrepresentable_object_types_are_refused() -> None:
+    # found by fuzzing: 31 is the escape value itself and 32 + 63 the largest escaped type;
+    # serialize() wrote 31 as the escaped type 95 (and 96 as 32) without a word
+    assert AudioSpecificConfig.parse(AudioSpecificConfig(95, 8000, 1).serialize()).object_type == 95
+    for object_type in (0, 31, 96, 200):
+        with pytest.raises(FlvError, match="audioObjectType"):
+            AudioSpecificConfig(object_type, 8000, 1).serialize()
+        with pytest.raises(FlvError, match="audioObjectType"):
+            flv.build_aac_sequence_header(8000, 1, object_type)
+
+
 @pytest.mark.parametrize(
     "data,message",
     [

@@ -255,6 +255,27 @@ def test_random_garbage_depacketizer() -> None:
             assert au.nalus and all(au.nalus)
 
 
+def test_access_unit_size_is_bounded() -> None:
+    # found by fuzzing for memory: an FU-A without its end, or NAL units of one timestamp without
+    # a marker, were kept for as long as the peer kept sending (memory grew without bound)
+    d = Depacketizer(max_access_unit=10_000)
+    start, middle = packetize([bytes((0x65,)) + b"\xab" * 3000], mtu=1000)[:2]
+    d.push(start, 0, 7, False)
+    with pytest.raises(H264Error, match="access unit"):
+        for seq in range(1, 20):
+            d.push(middle, seq, 7, False)
+    assert d.dropped_nalus == 1 and seq < 12
+    # the next access unit (new timestamp) is whole again; the dropped one never comes out
+    units = d.push(bytes((0x41, 1, 2)), seq + 1, 8, True)
+    assert [u.nalus for u in units] == [[bytes((0x41, 1, 2))]] and not units[0].damaged
+    d = Depacketizer(max_access_unit=10_000)
+    with pytest.raises(H264Error, match="access unit"):
+        for seq in range(20):
+            d.push(bytes((0x41,)) + b"\xab" * 999, seq, 9, False)
+    assert d.dropped_nalus == 10
+    assert d.flush() == []
+
+
 def test_annexb() -> None:
     data = b"\x00\x00\x00\x01" + SPS + b"\x00\x00\x01" + PPS + b"\x00\x00\x00\x01\x65\x88\x00\x00"
     assert annexb_split(data) == [SPS, PPS, b"\x65\x88"]

@@ -277,6 +277,28 @@ def test_malformed_raises_sdp_error(text: str) -> None:
         SessionDescription.parse(text)
 
 
+# Found by fuzzing: str.isdigit() accepts "²" (which int() refuses) and int() refuses more than
+# 4300 digits, both with a plain ValueError instead of SdpError.
+@pytest.mark.parametrize(
+    "text",
+    [
+        BASE + "m=audio \u00b2 RTP/AVP 0\r\n",
+        BASE + "m=audio " + "9" * 5000 + " RTP/AVP 0\r\n",
+        BASE + "m=audio 4000/\u00b2 RTP/AVP 0\r\n",
+        BASE + "m=audio 4000/" + "9" * 5000 + " RTP/AVP 0\r\n",
+        BASE + "m=audio 4000 RTP/AVP \u00b2\r\n",
+        BASE + "m=audio 4000 RTP/AVP 0\r\na=ptime:\u00b2\r\n",
+        BASE + "m=audio 4000 RTP/AVP 0\r\na=maxptime:" + "9" * 5000 + "\r\n",
+        BASE + "m=audio 4000 RTP/AVP 0\r\na=rtcp:\u00b2\r\n",
+        BASE + "m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 opus/" + "9" * 5000 + "\r\n",
+        BASE + "m=audio 4000 RTP/AVP 96\r\na=rtpmap:\u0669\u0666 opus/48000\r\n",  # ARABIC-INDIC 96
+    ],
+)
+def test_non_ascii_and_huge_numbers_raise_sdp_error(text: str) -> None:
+    with pytest.raises(SdpError):
+        SessionDescription.parse(text)
+
+
 def test_malformed_bytes() -> None:
     with pytest.raises(SdpError):
         SessionDescription.parse(b"v=0\r\n\xff\xfe\r\n")

@@ -835,6 +835,15 @@ def test_unicode_digits_never_leak_value_error() -> None:
             parse_message(raw)
 
 
+def test_huge_max_forwards_is_a_parse_error() -> None:
+    # found by fuzzing: 5000 digits passed the digit check and int() raised ValueError (its
+    # 4300-digit limit) instead of SipParseError
+    raw = REGISTER.replace(b"Max-Forwards: 70", b"Max-Forwards: " + b"9" * 5000)
+    with pytest.raises(SipParseError) as e:
+        parse_message(raw)
+    assert e.value.status == 400 and e.value.partial is not None
+
+
 def test_oversized() -> None:
     raw = INVITE.replace(b"Max-Forwards: 70\r\n", b"X-Pad: " + b"a" * 7000 + b"\r\n" * 0 + b"\r\n")
     raw = raw.replace(b"X-Pad:", b"X-Pad:", 1)

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -55,6 +56,40 @@ def test_nesting_depth_is_bounded_but_strings_do_not_count():
     assert "deeper" in parse_error(deep % ("[" * 40 + "]" * 40)).message
     assert parse_frame(deep % ("[" * 20 + "]" * 20)).params["a"]
     assert parse_frame(deep % json.dumps("[" * 100)).params["a"] == "[" * 100
+
+
+def test_depth_check_is_linear_on_unterminated_strings():
+    # found by fuzzing: the string-stripping regex backtracked from every quote of an unterminated
+    # string, so 64 KiB of '\\"' and 40 brackets (within the default frame size) took ~26 s
+    text = '"' + '\\"' * 32000 + "[" * 40
+    start = time.perf_counter()
+    assert parse_error(text).reason == "parse_error"
+    assert time.perf_counter() - start < 1.0
+    deep = '{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":%s,"b":"[\\"{"}}'
+    assert "deeper" in parse_error(deep % ("[" * 40 + "]" * 40)).message
+    assert parse_frame(deep % ("[" * 29 + "]" * 29)).params["b"] == '["{'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}',
+        '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"a\\uDFFFb"}}',
+        '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"\\udbff":1}}',
+        '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":["\\ude00\\ud83d"]}}',
+        '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\ud800"}}',  # a raw one in a str frame
+    ],
+)
+def test_lone_surrogates_are_parse_errors(text):
+    # found by fuzzing: "\ud800" decoded to a str that no answer or SIP message can encode to
+    # UTF-8 (result_frame(...).encode() raised UnicodeEncodeError in the protocol)
+    assert parse_error(text).reason == "parse_error"
+
+
+def test_surrogate_pairs_are_characters():
+    frame = parse_frame(b'{"jsonrpc":"2.0","id":"\\ud83d\\ude00","method":"ping","params":{"x":"\\\\ud800"}}')
+    assert frame.id == "\U0001f600" and frame.params == {"x": "\\ud800"}
+    result_frame(frame.id, frame.params).encode("utf-8")
 
 
 @pytest.mark.parametrize("text", ["[]", '[{"jsonrpc":"2.0","id":1,"method":"ping"}]'])
