@@ -217,12 +217,6 @@ def test_memory_partial_messages_large_chunks() -> None:
     assert peak_allocation(_read_in_pieces, data) <= 2 * len(data) + 256 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, being fixed in b2bua/wire/rtmp.py by another branch: each partial chunk is kept "
-    "as its own bytes object (~35 bytes of memory per 2-byte chunk), so Set Chunk Size 2 then partial "
-    "messages on 24 chunk streams cost ~15x the bytes sent",
-)
 def test_memory_partial_messages_tiny_chunks() -> None:
     data = _partial_messages(chunk_size=2, streams=24, per_stream=4000)
     peak = peak_allocation(_read_in_pieces, data)
