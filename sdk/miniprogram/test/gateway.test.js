@@ -191,7 +191,11 @@ test('a dropped socket is resumed and the call survives', { skip }, async () => 
   const reconnecting = await events.next('reconnecting');
   assert.equal(reconnecting.attempt, 1);
   const resumed = await events.next('resumed');
-  assert.deepEqual(resumed, { session, user: USER, state: 'registered' });
+  assert.equal(resumed.session, session);
+  assert.equal(resumed.user, USER);
+  assert.equal(resumed.state, 'registered');
+  assert.equal(resumed.calls.length, 1); // the call is still up at the gateway
+  assert.deepEqual(resumed.calls[0], { call, state: 'active', direction: 'outbound' });
   assert.equal(client.state, 'open');
   assert.equal(wx.sockets.length, 2);
 
