@@ -37,11 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 from b2bua.config import Config  # noqa: E402
 from tests.peers.kamailio import Kamailio  # noqa: E402
+from tests.peers.sipp import Sipp  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PASSWORD = "1234"
 WATCHER = "1990"  # the separate, well-behaved user
 ABUSER = "1991"
+CALLER = "1992"  # places a call during each probe
+FAR = "1500"  # a sipp phone that answers those calls
 
 
 def rss(pid: int) -> int:
@@ -113,6 +116,21 @@ class Ws:
                     msg = json.loads(payload)
                     if msg.get("id") == rid:
                         return msg
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def event(self, name: str, timeout: float = 10.0) -> dict:
+        """The params of the next event ``name`` (answers and other events are skipped)."""
+
+        async def wait() -> dict:
+            while True:
+                opcode, payload = await self.frame()
+                if opcode == 8:
+                    raise ConnectionError(f"closed {payload[:2].hex()}")
+                if opcode == 1:
+                    msg = json.loads(payload)
+                    if msg.get("method") == name and "id" not in msg:
+                        return msg["params"]
 
         return await asyncio.wait_for(wait(), timeout)
 
@@ -358,7 +376,28 @@ def start_gateway(kam: Kamailio) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
-async def run_probe(ctx: Context, watcher: Watcher, name: str) -> dict:
+async def place_call(caller: Ws, delay: float) -> dict:
+    """A call from a well-behaved user while the probe runs: setup time and outcome."""
+    await asyncio.sleep(delay)
+    t0 = time.perf_counter()
+    stage = "call"
+    try:
+        answer = await caller.result(caller.request("call", {"to": FAR}), timeout=10)
+        if "error" in answer:
+            return {"ok": False, "error": answer["error"]["data"]}
+        call = answer["result"]["call"]
+        stage = "answered"
+        await caller.event("answered", timeout=10)
+        setup_ms = round((time.perf_counter() - t0) * 1000, 1)
+        stage = "hangup"
+        caller.request("hangup", {"call": call})  # its event may come before its answer
+        hangup = await caller.event("hangup", timeout=10)
+        return {"ok": True, "setup_ms": setup_ms, "hangup": hangup.get("cause")}
+    except Exception as e:
+        return {"ok": False, "stage": stage, "error": repr(e)[:120]}
+
+
+async def run_probe(ctx: Context, watcher: Watcher, name: str, caller: Ws | None = None) -> dict:
     what, fn = PROBES[name]
     before_metrics = ctx.metrics()
     before = rss(ctx.pid)
@@ -374,11 +413,13 @@ async def run_probe(ctx: Context, watcher: Watcher, name: str) -> dict:
     sampler = asyncio.create_task(sample())
     watcher.take()
     t0 = time.monotonic()
+    call = asyncio.create_task(place_call(caller, 1.0)) if caller is not None else None
     try:
         found = await asyncio.wait_for(fn(ctx), 60)
     except Exception as e:
         found = {"error": repr(e)[:200]}
     duration = time.monotonic() - t0
+    call_result = await call if call is not None else None
     await asyncio.sleep(2)
     done = True
     await sampler
@@ -393,6 +434,7 @@ async def run_probe(ctx: Context, watcher: Watcher, name: str) -> dict:
         "rss_MB": {k: round(v / 2**20, 1) for k, v in (("before", before), ("peak", peak), ("after", after))},
         "seconds": round(duration, 1),
         "watcher": watcher.take(),
+        "call_during_probe": call_result,
         "gateway": found,
         "metrics": moved,
     }
@@ -400,9 +442,12 @@ async def run_probe(ctx: Context, watcher: Watcher, name: str) -> dict:
 
 async def main_async(names: list[str]) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="abuse-"))
-    kam = Kamailio(tmp / "kam", users=[WATCHER, ABUSER], password=PASSWORD)
+    kam = Kamailio(tmp / "kam", users=[WATCHER, ABUSER, CALLER, FAR], password=PASSWORD)
     (tmp / "kam").mkdir(exist_ok=True)
     kam.start()
+    phone = Sipp(tmp / "far", "uas_answer.xml", kam, user=FAR, password=PASSWORD, calls=len(names),
+                 timeout=600)
+    phone.start()
     proc, info = start_gateway(kam)
     try:
         ws_port = int(info["ws_url"].rsplit(":", 1)[1].split("/")[0])
@@ -413,9 +458,12 @@ async def main_async(names: list[str]) -> list[dict]:
         assert "result" in answer, answer
         watcher = Watcher(ws)
         watcher.task = asyncio.create_task(watcher.run())
+        caller = await Ws.connect(ws_port)
+        answer = await caller.result(caller.request("login", {"user": CALLER, "password": PASSWORD}))
+        assert "result" in answer, answer
         results = []
         for name in names:
-            result = await run_probe(ctx, watcher, name)
+            result = await run_probe(ctx, watcher, name, caller)
             print(json.dumps(result), flush=True)
             results.append(result)
         watcher.task.cancel()
@@ -431,6 +479,7 @@ async def main_async(names: list[str]) -> list[dict]:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        phone.stop()
         kam.close()
 
 
