@@ -141,3 +141,23 @@ def test_probe_against_a_gateway_whose_pbx_is_down_fails_fast(gateway_factory):
     assert code == 4, out
     assert "login failed: pbx_unreachable" in out
     assert time.monotonic() - started < 5, out  # python start-up included
+
+
+@pytest_twisted.inlineCallbacks
+def test_probe_over_wss_verifies_the_certificate(kamailio, gateway_factory, tmp_path):
+    from tests.integration.test_wss_token import self_signed
+
+    require_binary("ffmpeg")
+    key, cert, _ = self_signed(tmp_path)
+    port = free_port("tcp")
+    gateway_factory(
+        kamailio.host, kamailio.port,
+        websocket__tls_listen=f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+    )  # fmt: skip
+    url = f"wss://127.0.0.1:{port}/ws"
+    login = ("--url", url, "--user", "1000", "--password", "1234", "--to", "1599", "--timeout", "20")
+    code, out = yield probe(*login)
+    assert code == 3 and "cannot connect" in out and "certificate verify failed" in out, out
+    for trust in (("--ca-file", cert), ("--insecure",)):
+        code, out = yield probe(*login, *trust)
+        assert "logged in as 1000" in out and code == 5, out  # 1599: nobody there, 404
