@@ -155,7 +155,7 @@ class Ffmpeg(protocol.ProcessProtocol):
         lines = self.stderr.decode("utf-8", "replace").strip().splitlines()
         return lines[-1] if lines else "no message"
 
-    def stop(self, reactor) -> None:
+    def stop(self) -> None:
         if not self.ended.fired:
             self.transport.signalProcess("KILL")
 
@@ -321,7 +321,7 @@ class Probe:
         )
         if player.ended.fired and player.ended.value != 0:
             self.say(f"player: ffmpeg exited with {player.ended.value}: {player.error_text()}")
-        player.stop(self.reactor)
+        player.stop()
         self.say(f"player received {len(self.played) / 2 / PLAY_RATE:.1f} s of audio")
         if args.record:
             self.save(args.record)
@@ -407,7 +407,7 @@ class Probe:
     async def cleanup(self) -> None:
         """Stop ffmpeg, hang up and log out (each bounded), close the socket."""
         for proc in self.processes:
-            proc.stop(self.reactor)
+            proc.stop()
         client = self.client
         if client is None or client.close_code is not None:
             return
