@@ -23,6 +23,7 @@ class Options(usage.Options):
         ],
         ["sip-listen", None, None, "SIP listen address HOST:PORT (UDP and TCP)."],
         ["pbx", None, None, "PBX (registrar and proxy) address HOST:PORT."],
+        ["rtmp", None, None, "RTMP listen endpoint (push and play URLs), e.g. tcp:1935:interface=10.0.0.5."],
         ["http", None, None, "Status HTTP endpoint (/healthz, /metrics), e.g. tcp:9090:interface=127.0.0.1."],
         ["public-host", None, None, "Host name that clients use for this node."],
     ]
@@ -36,6 +37,8 @@ class Options(usage.Options):
             config.websocket.listen = self["ws"]
         if self["wss"]:
             config.websocket.tls_listen = self["wss"]
+        if self["rtmp"]:
+            config.rtmp.listen = self["rtmp"]
         if self["http"]:
             config.http.listen = self["http"]
         if self["pbx"]:

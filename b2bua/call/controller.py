@@ -77,6 +77,8 @@ _FAILURE_REASONS = {
 }
 
 _LOGIN_PARAMS = frozenset({"user", "password", "ha1", "token"})
+#: ``detail`` of a login refused because the PBX is known to be down (OPTIONS keepalives).
+PBX_DOWN = "the PBX does not answer"
 
 
 def _public_reason(reason: str) -> str:
@@ -305,6 +307,7 @@ class Controller:
     # --- methods ---------------------------------------------------------------------------------
     def ping(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
         """``ping {}`` -> ``{pong: <server time, ms since the epoch>}``."""
+        reject_unknown_params(params, frozenset())
         return {"pong": int(self._reactor.seconds() * 1000)}
 
     def login(self, client: Client, params: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -332,6 +335,11 @@ class Controller:
         binding = self.bindings.get(user)
         if binding is not None and binding.same_credentials(password, ha1):
             self._join(binding, session)  # nothing reaches the PBX: no failed-login limit
+            return result
+        if self._stack.pbx_reachable is False:
+            # known down (silent to OPTIONS for sip.pbx_down_after): fail now, not after the
+            # REGISTER's transaction timeout (32 s)
+            self._fail_login(session, RpcError("pbx_unreachable", detail=PBX_DOWN))
             return result
         if self._failed_logins.retry_after(user) > 0:
             retry = round(self._failed_logins.retry_after(user), 1)
@@ -399,6 +407,7 @@ class Controller:
         session = client.session
         if session is None:  # pragma: no cover - the dispatcher checks
             raise RpcError("not_logged_in")
+        reject_unknown_params(params, frozenset())
         self.log.info("logout: session {tag} user {user}", tag=session.tag, user=session.user)
         d = self.end_session(session, "logout")
         return d.addCallback(lambda _: {})
@@ -559,10 +568,14 @@ class Controller:
 
     def pbx_state_changed(self, reachable: bool) -> None:
         """The SIP stack noticed the PBX going away or coming back: every session is told with a
-        ``pbx`` event (queued for detached ones); registrations recover by themselves."""
-        for session in self.sessions:
+        ``pbx`` event (queued for detached ones); registrations recover by themselves. Logins
+        still waiting for their first REGISTER fail now with ``pbx_unreachable``."""
+        for session in list(self.sessions):
             if session.state in (ACTIVE, DETACHED):
                 session.send_event("pbx", {"reachable": reachable})
+            elif session.state == LOGGING_IN and not reachable:
+                self.log.info("login of {user} failed: the PBX is unreachable", user=session.user)
+                self._fail_login(session, RpcError("pbx_unreachable", detail=PBX_DOWN))
 
     # --- ending sessions -------------------------------------------------------------------------
     def _grace_expired(self, session: Session) -> None:

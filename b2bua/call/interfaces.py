@@ -70,6 +70,10 @@ class Registration(Protocol):
 
 
 class SipStack(Protocol):
+    #: False once the PBX has not answered OPTIONS for ``sip.pbx_down_after`` seconds; True when
+    #: it answers; None while unknown (keepalives off, or none answered or timed out yet).
+    pbx_reachable: bool | None
+
     def create_registration(
         self, user: str, password: str | None, ha1: str | None, listener: RegistrationListener
     ) -> Registration:

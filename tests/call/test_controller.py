@@ -60,6 +60,7 @@ class FakeRegistration:
 
 class FakeStack:
     def __init__(self) -> None:
+        self.pbx_reachable: bool | None = None  # unknown: OPTIONS keepalives off or not answered yet
         self.registrations: list[FakeRegistration] = []
         self.checks: list[tuple[str, str | None, str | None, Deferred[str | None]]] = []
 
@@ -309,6 +310,18 @@ def test_methods_before_login(h):
     assert error_of(channel, rid).code == -32001
     rid = h.call(client, "ping")
     assert channel.results[rid] == {"pong": 1_700_000_000_000}
+
+
+@pytest.mark.parametrize("method", ["ping", "logout", "resume", "login"])
+def test_unknown_params_are_invalid_params(h, method):
+    """Every method refuses a member of ``params`` it does not know (docs/protocol.md §2)."""
+    client, channel = h.connect()
+    if method == "logout":
+        h.login(client, channel)
+    rid = h.call(client, method, colour="blue")
+    error = error_of(channel, rid)
+    assert (error.code, error.reason) == (INVALID_PARAMS, "bad_request")
+    assert "unknown parameter: colour" in error.message
 
 
 def test_unknown_method(h):
@@ -643,6 +656,35 @@ def test_pbx_state_changes_reach_every_session(h):
     rid = h.call(c, "resume", session=h.controller.sessions.by_user("1001")[0].id)
     assert rid in cc.results
     assert cc.events == [("pbx", {"reachable": False})]  # queued while detached
+
+
+def test_login_fails_at_once_while_the_pbx_is_known_unreachable(h):
+    """No REGISTER is sent to a PBX that has not answered OPTIONS for sip.pbx_down_after: the
+    login is pbx_unreachable now, not after the REGISTER's 32 s transaction timeout."""
+    h.stack.pbx_reachable = False
+    client, channel = h.connect()
+    rid = h.call(client, "login", user="1000", password="x")
+    error = error_of(channel, rid)
+    assert (error.reason, error.code) == ("pbx_unreachable", -32004)
+    assert h.stack.registrations == [] and h.controller.sessions.count == 0
+    h.stack.pbx_reachable = True  # it answers again: logins go through
+    h.login(client, channel)
+
+
+def test_pending_logins_fail_when_the_pbx_is_found_unreachable(h):
+    a, ca = h.connect()
+    session = h.login(a, ca)
+    b, cb = h.connect()
+    rid = h.call(b, "login", user="1001", password="x")  # its REGISTER is under way
+    reg = h.stack.last
+    h.clock.advance(5)
+    h.stack.pbx_reachable = False
+    h.controller.pbx_state_changed(False)
+    assert error_of(cb, rid).reason == "pbx_unreachable"
+    assert reg.stop_calls == 1 and h.controller.sessions.by_user("1001") == []
+    # the logged-in session stays: its registration recovers by itself when the PBX is back
+    assert h.controller.sessions.get(session) is not None
+    assert ca.events[-1] == ("pbx", {"reachable": False})
 
 
 # --- limits ------------------------------------------------------------------------------------------

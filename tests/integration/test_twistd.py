@@ -48,6 +48,8 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
             f"tcp:{ws}:interface=127.0.0.1",
             "--http",
             f"tcp:{http}:interface=127.0.0.1",
+            "--rtmp",
+            f"tcp:{free_port('tcp')}:interface=127.0.0.1",
             "--sip-listen",
             f"127.0.0.1:{sip}",
             "--pbx",
