@@ -136,6 +136,9 @@ class WebSocketConfig(_Section):
     max_unauthenticated: PositiveInt = 2000  # sockets not logged in, in total
     max_unauthenticated_per_address: PositiveInt = 32  # ... and from one client address
     max_send_buffer: PositiveInt = 1048576  # bytes queued for a peer that does not read; then dropped
+    # proxies in front (nginx, HAProxy) whose X-Forwarded-For entries are believed: the client
+    # address is the entry this many from the end (0: the TCP peer, the header is ignored)
+    trusted_proxy_hops: Annotated[int, Field(ge=0, le=10)] = 0
 
 
 @dataclass

@@ -142,7 +142,10 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         if not listen:
             continue
         url = f"{scheme}://{config.public_host}{ws.path}"
-        factory = make_ws_factory(controller, ws, url, reactor=reactor, limits=limits)
+        factory = make_ws_factory(
+            controller, ws, url, reactor=reactor, limits=limits,
+            trust_x_forwarded_for=ws.trusted_proxy_hops,
+        )
         endpoint = endpoints.serverFromString(reactor, listen)
         # waits on stop until the sockets are closed, so that their 1001 close frames go out
         WsListenerService(endpoint, factory).setServiceParent(top)

@@ -43,3 +43,16 @@ def test_make_node_tunes_gc_after_everything_else_started(restore_gc):
     children = list(top)
     assert isinstance(children[-1], GcTuningService)
     assert sum(isinstance(c, GcTuningService) for c in children) == 1
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2])
+def test_make_node_gives_the_trusted_proxy_hops_to_every_websocket_listener(restore_gc, hops):
+    config = Config()
+    config.websocket.listen = "tcp:0:interface=127.0.0.1"
+    config.websocket.tls_listen = "tcp:0:interface=127.0.0.1"  # stands in for ssl: (not listened on)
+    config.rtmp.listen = config.http.listen = ""
+    config.websocket.trusted_proxy_hops = hops
+    top = make_node(config, Clock())
+    factories = [c.factory for c in top if hasattr(c, "factory")]
+    assert len(factories) == 2
+    assert all(f.trustXForwardedFor == hops for f in factories)

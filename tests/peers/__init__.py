@@ -28,7 +28,7 @@ def require_binary(name: str) -> str:
     if found is None:
         msg = (
             f"{name!r} not found: install the test peers (as root: apt-get install -y "
-            "--no-install-recommends kamailio sip-tester baresip baresip-core ffmpeg sox)"
+            "--no-install-recommends kamailio sip-tester baresip baresip-core ffmpeg sox nginx systemd)"
         )
         if in_ci():
             pytest.fail(msg, pytrace=False)

@@ -252,7 +252,7 @@ class Kamailio:
         self._log_file = open(self.log_path, "ab")  # closed in stop()
         cmd = [
             kamailio, "-f", str(self.cfg_path), "-DD", "-E", "-Y", str(self.rundir),
-            "-m", "128", "-M", "16",
+            "-m", "128", "-M", "16", *self._extra_args(),
         ]
         self._proc = subprocess.Popen(
             cmd,
@@ -401,7 +401,12 @@ class Kamailio:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _write_files(self) -> None:
+    def _extra_args(self) -> list[str]:
+        """More command-line arguments (subclasses: ``-A NAME=VALUE`` defines)."""
+        return []
+
+    def _write_db(self) -> None:
+        """The db_text tables (``subscriber``, ``version``) and the run directory."""
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.dbdir.mkdir(parents=True, exist_ok=True)
         self.rundir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +419,9 @@ class Kamailio:
         (self.dbdir / "version").write_text(
             "table_name(string) table_version(int)\nsubscriber:7\nlocation:9\n"
         )
+
+    def _write_files(self) -> None:
+        self._write_db()
         extra = []
         if self.min_expires is not None:
             extra.append(f'modparam("registrar", "min_expires", {int(self.min_expires)})')

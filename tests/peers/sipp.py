@@ -202,7 +202,8 @@ class Sipp:
     sets codec_pt/codec_name/codec_rate. ``calls`` is ``-m`` (calls to make / to take before
     exiting). ``timeout`` (s) bounds the whole run (``-timeout`` + ``-timeout_error``).
     ``auto_answer`` passes ``-aa``: unexpected INFO/NOTIFY/OPTIONS/UPDATE get a 200 instead of
-    failing the call. ``transport`` is sipp's ``-t`` (``u1`` UDP, ``t1`` TCP).
+    failing the call. ``transport`` is sipp's ``-t`` (``u1`` UDP, ``t1`` TCP). ``host`` is the
+    loopback address sipp binds (another one than 127.0.0.1 plays a separate machine).
     """
 
     def __init__(
@@ -225,8 +226,10 @@ class Sipp:
         auto_answer: bool = True,
         expires: int = 300,
         name: str | None = None,
+        host: str = HOST,
     ) -> None:
         self.tmpdir = Path(tmpdir)
+        self.host = host  # the loopback address sipp binds (SIP and media), e.g. 127.0.0.2
         self.scenario = scenario_path(scenario)
         self.role = scenario_role(self.scenario)
         self.kamailio = kamailio
@@ -380,7 +383,7 @@ class Sipp:
     def _command(self, sipp: str) -> list[str]:
         cmd = [
             sipp, "-sf", str(self.scenario),
-            "-i", HOST, "-p", str(self.port), "-mp", str(self.media_port),
+            "-i", self.host, "-p", str(self.port), "-mp", str(self.media_port),
             "-t", self.transport,
             "-m", str(self.calls),
             "-nostdin",

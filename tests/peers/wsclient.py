@@ -50,17 +50,28 @@ class WsClient:
 
     @classmethod
     @defer.inlineCallbacks
-    def connect(cls, url: str, origin: str | None = None, timeout: float = 60.0, context_factory=None):
-        """Open ``url``; for ``wss://`` give ``context_factory`` (e.g. ``ssl.optionsForClientTLS(...)``)."""
+    def connect(
+        cls,
+        url: str,
+        origin: str | None = None,
+        timeout: float = 60.0,
+        context_factory=None,
+        bind_host: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        """Open ``url``; for ``wss://`` give ``context_factory`` (e.g. ``ssl.optionsForClientTLS(...)``).
+        ``bind_host``: the local address to connect from (127.0.0.2 plays another machine);
+        ``headers``: extra HTTP headers of the upgrade request."""
         if url.startswith("wss://") and context_factory is None:
             raise ValueError("wss:// needs a context_factory (TLS client options)")
         client = cls(url, timeout)
-        factory = WebSocketClientFactory(url, origin=origin)
+        factory = WebSocketClientFactory(url, origin=origin, headers=headers)
         factory.protocol = _Protocol
         factory.setProtocolOptions(openHandshakeTimeout=timeout, maxMessagePayloadSize=0)
         hostport = url.split("//", 1)[1].split("/", 1)[0]
         host, port = hostport.rsplit(":", 1)
-        endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=timeout)
+        bind = (bind_host, 0) if bind_host else None
+        endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=timeout, bindAddress=bind)
         if context_factory is not None:
             endpoint = wrapClientTLS(context_factory, endpoint)
 
