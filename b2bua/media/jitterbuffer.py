@@ -1,4 +1,4 @@
-"""Downlink audio jitter buffer: RTP packets in, one frame (or a gap) per 20 ms media tick out.
+"""Downlink audio jitter buffer: RTP packets in, frames (or gaps) out at the media tick's pace.
 
 Time is passed in (``arrival_ms`` to :meth:`JitterBuffer.put`, ``now_ms`` to
 :meth:`JitterBuffer.get`), so tests drive it with a synthetic schedule and the node's single
@@ -42,8 +42,17 @@ Policy, and why
   forward sequence jump larger than ``max_ms``, or a marker bit
   whose timestamp does not follow the stream (a new talkspurt after silence) flushes the
   buffer (``flushed``) and opens a new epoch, which re-establishes ``target_ms`` of delay:
-  delay accumulated by underruns beyond the target is given back at each talkspurt. Stray packets of the
-  previous SSRC are then dropped as late rather than flipping back.
+  delay accumulated by underruns beyond the target is given back at each talkspurt.
+* **SSRCs come back.** The buffer remembers where each SSRC it switched away from had got to
+  (up to :data:`MAX_SOURCES`). A packet of such a source that does not continue it (at or
+  before its newest packet), or that comes within ``max_ms`` of the switch (a reordered tail),
+  is a stray: dropped as ``late``. A later one is the source back (A→B→A: the far end played a
+  prompt, then re-bridged the first party): a resync to it.
+* **Any packetization.** The packet duration starts at ``ptime_ms`` (the SDP's) and follows
+  the stream: two consecutive packets whose timestamps step by the same other duration
+  (5–120 ms) set it (``ptime_changes``). :meth:`JitterBuffer.pull` serves a tick of any length
+  with as many packets as its duration needs (10 ms packets: two per 20 ms tick; 30 ms packets:
+  two ticks out of three), so the audio out follows the tick clock.
 
 Only the stream's audio payload type should be put here: telephone events go to
 :class:`b2bua.wire.dtmf.DtmfReceiver`. Their sequence numbers then play as Gaps (the sender
@@ -58,6 +67,8 @@ from b2bua.media.adaptive import AdaptiveTarget
 from b2bua.wire.rtp import RtpPacket, seq_diff, ts_diff
 
 _HISTORY_BITS = 64
+MAX_SOURCES = 8  # SSRCs remembered after the buffer switched away from them
+MIN_PTIME_MS, MAX_PTIME_MS = 5, 120  # packet durations learnt from the stream's timestamps
 _HISTORY_MASK = (1 << _HISTORY_BITS) - 1
 
 
@@ -96,6 +107,7 @@ class JitterStats:
     underruns: int = 0
     stretched: int = 0  # Gaps played to rebuffer up to a raised target while packets were there
     shrunk: int = 0  # packets dropped unplayed because the buffer held more than its target
+    ptime_changes: int = 0  # packet durations learnt from the timestamps
 
 
 class JitterBuffer:
@@ -118,17 +130,15 @@ class JitterBuffer:
             )
         if adaptive is not None and max_ms < adaptive.ceiling_ms + ptime_ms:
             raise ValueError("max_ms (%r) must leave a packet above the adaptive ceiling" % max_ms)
-        self.clock_rate = clock_rate
-        self.ptime_ms = ptime_ms
         self._fixed_target = target_ms
         self.adaptive = adaptive
         self.max_ms = max_ms
-        self.samples_per_packet = clock_rate * ptime_ms // 1000
-        self._max_packets = max_ms // ptime_ms
-        self._jump_samples = clock_rate * max_ms // 1000
         self.stats = JitterStats()
+        self._set_timing(clock_rate, clock_rate * ptime_ms // 1000)
         self._ssrc: int | None = None
-        self._old_ssrc: int | None = None
+        self._left: dict[int, tuple[int, float]] = {}  # SSRC switched away from: (newest seq, when)
+        self._candidate = 0  # a packet duration (samples) seen once, to be confirmed
+        self._credit = 0.0  # ms of audio owed to the ticks (pull)
         self._packets: dict[int, RtpPacket] = {}
         self._next = 0  # extended sequence number at the playout point
         self._highest = 0  # newest extended sequence number of the epoch
@@ -139,13 +149,41 @@ class JitterBuffer:
         self._rebuffering = False
         self._held = 0
 
+    def _set_timing(self, clock_rate: int, samples_per_packet: int) -> None:
+        self.clock_rate = clock_rate
+        self.samples_per_packet = samples_per_packet
+        self.ptime_ms = samples_per_packet * 1000 / clock_rate
+        self._max_packets = max(2, int(self.max_ms // self.ptime_ms))
+        self._jump_samples = clock_rate * self.max_ms // 1000
+
+    def expect_ptime(self, ptime_ms: int) -> None:
+        """The SDP announces another packet duration: take it now rather than learn it."""
+        self._candidate = 0
+        self._set_timing(self.clock_rate, self.clock_rate * ptime_ms // 1000)
+
+    def reconfigure(self, clock_rate: int, ptime_ms: int) -> None:
+        """A new codec: what is buffered belongs to the old one. Flush it; the next packet opens
+        a new epoch at the current (adaptive) target. Statistics go on."""
+        if self._ssrc is not None:
+            self.stats.flushed += len(self._packets)
+        self._packets = {}
+        self._ssrc = None
+        self._left.clear()
+        self._playing = False
+        self._set_timing(clock_rate, clock_rate * ptime_ms // 1000)
+
+    @property
+    def ssrc(self) -> int | None:
+        """The source playing now."""
+        return self._ssrc
+
     @property
     def target_ms(self) -> float:
         """The initial delay of an epoch (with an adaptive policy: its current target)."""
         return self.adaptive.target_ms if self.adaptive is not None else self._fixed_target
 
     @property
-    def depth_ms(self) -> int:
+    def depth_ms(self) -> float:
         """Span from the playout point to the newest packet, in ms (0 when empty)."""
         if self._ssrc is None or not self._packets:
             return 0
@@ -155,6 +193,13 @@ class JitterBuffer:
         if self._ssrc is not None:
             self.stats.resyncs += 1
             self.stats.flushed += len(self._packets)
+            if packet.ssrc != self._ssrc:  # remember where the source we leave had got to
+                self._left.pop(self._ssrc, None)
+                self._left[self._ssrc] = (self._highest & 0xFFFF, arrival_ms)
+                while len(self._left) > MAX_SOURCES:
+                    self._left.pop(next(iter(self._left)))
+        self._left.pop(packet.ssrc, None)
+        self._candidate = 0
         self._ssrc = packet.ssrc
         self._packets = {packet.sequence: packet}
         self._next = self._highest = packet.sequence
@@ -170,15 +215,18 @@ class JitterBuffer:
         st = self.stats
         st.received += 1
         if packet.ssrc != self._ssrc:
-            if self._ssrc is not None and packet.ssrc == self._old_ssrc:
-                st.late += 1
+            left = self._left.get(packet.ssrc)
+            if left is not None and (
+                seq_diff(packet.sequence, left[0]) <= 0 or arrival_ms - left[1] < self.max_ms
+            ):
+                st.late += 1  # a stray of a source we left, not its return
                 return False
-            if self._ssrc is not None:
-                self._old_ssrc = self._ssrc
             self._resync(packet, arrival_ms)
             return True
         highest = self._highest
         ext = highest + seq_diff(packet.sequence, highest & 0xFFFF)
+        if ext == highest + 1:
+            self._learn_ptime(ts_diff(packet.timestamp, self._highest_ts))
         jump = ts_diff(packet.timestamp, self._highest_ts + (ext - highest) * self.samples_per_packet)
         if (
             abs(jump) > self._jump_samples
@@ -216,6 +264,38 @@ class JitterBuffer:
                 st.lost += 1
             self._advance(False)
         return True
+
+    def _learn_ptime(self, step: int) -> None:
+        """The far end packetizes as its timestamps say, whatever the SDP asked: a step seen
+        twice in a row between consecutive packets becomes the packet duration."""
+        if step == self.samples_per_packet:
+            self._candidate = 0
+            return
+        if not MIN_PTIME_MS * self.clock_rate <= step * 1000 <= MAX_PTIME_MS * self.clock_rate:
+            return  # a talkspurt's jump, not a packet
+        if step != self._candidate:
+            self._candidate = step
+            return
+        self._candidate = 0
+        self.stats.ptime_changes += 1
+        self._set_timing(self.clock_rate, step)
+
+    def pull(self, now_ms: float, tick_ms: float = 20) -> list[Frame | Gap] | None:
+        """What to decode for a tick of ``tick_ms`` at ``now_ms``: None while (re)buffering
+        (nothing is due: the caller plays silence), else the items whose turn came, each
+        ``ptime_ms`` long (none when the previous tick's packet still covers this one)."""
+        if self._ssrc is None or (not self._playing and now_ms < self._start_ms + self.target_ms):
+            self._credit = 0.0
+            return None
+        self._credit += tick_ms
+        out: list[Frame | Gap] = []
+        while self._credit > 0 and len(out) < 16:
+            item = self.get(now_ms)
+            if item is None:  # cannot happen once playing; bounded anyway
+                break
+            out.append(item)
+            self._credit -= self.ptime_ms
+        return out
 
     def _advance(self, played: bool) -> None:
         self._history = ((self._history << 1) | played) & _HISTORY_MASK

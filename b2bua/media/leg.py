@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from b2bua.media.pipeline import PTIMES_MS, send_ptime
 from b2bua.media.ports import PortPool
 from b2bua.wire.sdp import (
     TELEPHONE_EVENT,
@@ -136,6 +137,13 @@ class MediaLeg:
         """Whether the last offer/answer accepted a video stream (not whether one was offered)."""
         return self.negotiated is not None and self.negotiated.video is not None
 
+    @property
+    def ptime(self) -> int:
+        """The packetization we ask for: the far end's, once negotiated (20 ms before)."""
+        if self.negotiated is None:
+            return 20
+        return send_ptime(self.negotiated.audio)
+
     def make_offer(self, hold: bool = False) -> bytes:
         self._version += 1
         offer = make_offer(
@@ -144,6 +152,7 @@ class MediaLeg:
             self.codecs,
             video_port=self.video_port,
             direction="sendonly" if hold else "sendrecv",
+            ptime=self.ptime,
             session_id=self._session_id,
             session_version=self._version,
         )
@@ -168,12 +177,15 @@ class MediaLeg:
             if self.video_port is not None:
                 ports["video"] = self.video_port
             self._version += 1
+            offered = offer.find("audio")
+            ptime = offered.ptime if offered is not None and offered.ptime in PTIMES_MS else 20
             answer, negotiated = negotiate_answer(
                 offer,
                 self.codecs,
                 self.sdp_host,
                 ports,
                 direction="sendonly" if hold else "sendrecv",
+                ptime=ptime,  # the offerer's: one packetization both ways
                 rtcp_mux=False,
                 session_id=self._session_id,
                 session_version=self._version,

@@ -277,6 +277,8 @@ class RtpAudioEncoder:
         ctx.layout = self._layout
         ctx.sample_rate = info.sample_rate
         ctx.time_base = Fraction(1, info.sample_rate)
+        if info.name == "G722":  # FFmpeg's default is 20 ms frames: other ptimes need their own size
+            ctx.options = {"frame_size": str(self.samples_per_frame)}
         if info.name == "opus":
             options = {"application": "voip", "frame_duration": str(ptime)}
             if fec:

@@ -9,6 +9,7 @@ carrying it back left toward the player.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -135,10 +136,21 @@ def wall_at(log: list[tuple[float, int]], ts_ms: float) -> float:
     return float(np.interp(ts_ms, stamps, walls))
 
 
+def scenario_with_ptime(tmp_path, ptime: int):
+    """uas_answer.xml answering with ``a=ptime:<ptime>``: what it asks us to send, and (echoing
+    it) what it sends back."""
+    text = (SCENARIO_DIR / "uas_answer.xml").read_text()
+    assert text.count("a=ptime:20") == 1
+    path = tmp_path / f"uas_answer_ptime{ptime}.xml"
+    path.write_text(text.replace("a=ptime:20", f"a=ptime:{ptime}"))
+    return path
+
+
 @pytest_twisted.inlineCallbacks
-def run_round_trip(gateway, kamailio, tmp_path, codec: str):
+def run_round_trip(gateway, kamailio, tmp_path, codec: str, ptime: int = 20):
+    scenario = "uas_answer.xml" if ptime == 20 else scenario_with_ptime(tmp_path, ptime)
     phone = Sipp(
-        tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, codec=codec, timeout=60
+        tmp_path / "sipp", scenario, kamailio, user="1500", rtp_echo=True, codec=codec, timeout=60
     )
     phone.start()
     procs = []
@@ -147,6 +159,7 @@ def run_round_trip(gateway, kamailio, tmp_path, codec: str):
         yield client.request("login", {"user": "1000", "password": "1234"})
         result = yield client.request("call", {"to": "1500"})
         answered = yield client.wait_event("answered")
+        t_answered = time.monotonic()
         assert answered["codec"].lower() == codec.lower()
         call = gateway.node.calls.calls[result["call"]]
         uplink: list[tuple[float, int]] = []
@@ -172,6 +185,13 @@ def run_round_trip(gateway, kamailio, tmp_path, codec: str):
             what="ffmpeg publisher and player to finish",
         )
         assert [p.returncode for p in procs] == [0, 0], (tmp_path / "ffmpeg.log").read_text()
+        bridge = call.bridge
+        # what we send is packetized at the far end's ptime, and what comes back is played at it
+        expected = (time.monotonic() - t_answered) * 1000 / ptime
+        sent = bridge.stats.rtp_sent
+        assert abs(sent - expected) <= 0.05 * expected + 10, (sent, expected)
+        assert bridge.pipeline.ptime == ptime and bridge.jitter.ptime_ms == ptime
+        assert bridge.jitter.stats.late == 0 and bridge.jitter.stats.resyncs == 0
         yield client.request("hangup", {"call": result["call"]})
         hangup = yield client.wait_event("hangup")
         pcm = decode_to_pcm(heard)
@@ -187,7 +207,8 @@ def run_round_trip(gateway, kamailio, tmp_path, codec: str):
         first_down_ts = downlink[0][1]
         rtt_ms = (wall_at(downlink, first_down_ts + start) - wall_at(uplink, TONE_START_S * 1000)) * 1000
         print(
-            f"\n{codec}: heard {freq:.1f} Hz, longest gap {longest_gap_ms} ms, round trip {rtt_ms:.0f} ms "
+            f"\n{codec} ptime {ptime}: heard {freq:.1f} Hz, longest gap {longest_gap_ms} ms, "
+            f"round trip {rtt_ms:.0f} ms "
             f"(RTMP in → RTP → sipp echo → RTP → RTMP out); media {hangup.get('media')}"
         )
         assert abs(freq - 1000) <= 20, freq
@@ -206,6 +227,11 @@ def test_audio_round_trip_through_an_echoing_phone(gateway, kamailio, tmp_path, 
     return run_round_trip(gateway, kamailio, tmp_path, codec)
 
 
+@pytest.mark.parametrize("ptime", [30, 40])
+def test_ptime_from_the_phone_is_honoured_both_ways(gateway, kamailio, tmp_path, ptime):
+    return run_round_trip(gateway, kamailio, tmp_path, "PCMU", ptime)
+
+
 @defer.inlineCallbacks
 def answered_call(gateway, client, to="1500", video=False):
     yield client.request("login", {"user": "1000", "password": "1234"})
@@ -218,9 +244,15 @@ def answered_call(gateway, client, to="1500", video=False):
 def echo_phone(kamailio, tmp_path):
     phones = []
 
-    def start(scenario="uas_answer.xml"):
+    def start(scenario="uas_answer.xml", variables=None):
         phone = Sipp(
-            tmp_path / f"sipp{len(phones)}", scenario, kamailio, user="1500", rtp_echo=True, timeout=60
+            tmp_path / f"sipp{len(phones)}",
+            scenario,
+            kamailio,
+            user="1500",
+            rtp_echo=True,
+            timeout=60,
+            variables=variables,
         )
         phones.append(phone)
         return phone.start()
@@ -452,3 +484,104 @@ def test_far_end_tone_plays_in_live_player(gateway, kamailio, tmp_path):
         assert caller.poll() == 0, caller.explain()
     finally:
         caller.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reinvites_that_change_nothing_keep_the_media(gateway, echo_phone):
+    """The phone refreshes the session twice (re-INVITEs with the SDP unchanged, like
+    FreeSWITCH's session timer): the RTP session, its jitter buffer, the codecs and the counters
+    go on untouched."""
+    phone = echo_phone("uas_answer_refresh.xml", variables={"hold_ms": "1500"})
+    client = yield WsClient.connect(gateway.ws_url)
+    result = yield answered_call(gateway, client)
+    call = gateway.node.calls.calls[result["call"]]
+    bridge = call.bridge
+    yield wait_until(lambda: bridge.stats.rtp_received > 20, timeout=5, what="echoed RTP")
+    jitter, decoder = bridge.jitter, bridge.decoder
+    yield wait_until(
+        lambda: phone.logs_text().count("REFRESH answer a=sendrecv") == 2, timeout=10, what="two refreshes"
+    )
+    received = bridge.stats.rtp_received
+    yield sleep(0.5)
+    assert call.bridge is bridge and bridge.jitter is jitter and bridge.decoder is decoder
+    js = jitter.stats
+    assert (js.flushed, js.resyncs, js.late, js.lost) == (0, 0, 0, 0), js
+    assert bridge.pipeline_builds == 1
+    assert bridge.stats.rtp_received > received + 15  # the echo goes on
+    yield client.request("hangup", {"call": result["call"]})
+    hangup = yield client.wait_event("hangup")
+    assert hangup["media"]["rtp_received"] >= bridge.stats.rtp_received - 1
+
+
+def flv_audio_times_ms(path) -> list[float]:
+    """Audio packet timestamps of an FLV, in ms."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries", "packet=pts_time",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    return [float(line.strip(",")) * 1000 for line in out.split() if line.strip(",")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_player_gets_frames_all_through_a_hold(gateway, echo_phone, tmp_path):
+    """live-player must not starve while the call is held: it receives frames at the normal AAC
+    rate before, during and after the hold. Measured twice: the wall time each frame left the
+    gateway for the player, and ffmpeg stamping what it reads with its own wall clock."""
+    echo_phone("uas_answer_hold_unhold.xml")
+    client = yield WsClient.connect(gateway.ws_url)
+    result = yield answered_call(gateway, client)
+    group = gateway.node.calls.calls[result["call"]].players
+    sent: list[float] = []  # wall times of the frames sent while a player is there
+    send_audio = group.send_audio
+
+    def tap(ts, payload):
+        if group.players:
+            sent.append(time.monotonic() * 1000)
+        send_audio(ts, payload)
+
+    group.send_audio = tap
+    log = open(tmp_path / "ffmpeg.log", "wb")
+    heard = tmp_path / "held.flv"
+    play = ffmpeg(
+        ["-probesize", "32", "-analyzeduration", "100000", "-use_wallclock_as_timestamps", "1",
+         "-i", result["play_url"], "-t", "30", "-c", "copy", "-flush_packets", "1", "-y", str(heard)],
+        log,
+    )
+    # ffmpeg reads nothing for its first seconds (it then takes what queued up at once): hold
+    # only once it writes as frames come
+    sizes = [0]
+
+    def streaming() -> bool:
+        size = heard.stat().st_size if heard.exists() else 0
+        grew = size > sizes[-1] > 2000
+        sizes.append(size)
+        return grew
+
+    yield wait_until(streaming, timeout=20, interval=0.5, what="ffmpeg recording as frames come")
+    yield sleep(1.0)
+    hold_at = time.monotonic() * 1000
+    reply = yield client.request("hold", {"call": result["call"]})
+    assert reply["held"] is True
+    yield sleep(3.0)
+    yield client.request("unhold", {"call": result["call"]})
+    yield sleep(1.5)
+    play.send_signal(signal.SIGINT)
+    yield wait_until(lambda: play.poll() is not None, timeout=10, what="the player")
+    yield client.request("hangup", {"call": result["call"]})
+    yield client.wait_event("hangup")
+    frame_ms = 1024 * 1000 / 16000
+    gw_gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    times = flv_audio_times_ms(heard)
+    times = [t for t in times if t > times[0] + 20]  # after ffmpeg's start-up burst
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    span = times[-1] - times[0]
+    print(
+        f"\nheld call: gateway sent {len(sent)} frames, longest gap {max(gw_gaps):.0f} ms; ffmpeg read "
+        f"{len(times)} frames in {span:.0f} ms (its own clock), longest gap {max(gaps):.0f} ms"
+    )
+    assert max(gw_gaps) <= frame_ms + 40, max(gw_gaps)
+    assert sent[-1] - hold_at >= 4000  # the gateway's record covers the hold
+    assert max(gaps) <= frame_ms + 40, max(gaps)
+    assert span >= 5000  # ffmpeg's record covers the hold, at its normal rate
+    assert len(times) >= span / frame_ms - 3

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from b2bua.media.bridge import UPLINK_BURST_MAX_MS, UPLINK_TARGET_MS, AudioBridge
-from b2bua.media.leg import RtpSocket
+from b2bua.media.leg import MediaLeg, RtpSocket
 from b2bua.media.transcode import AacDecoder, AacEncoder, RtpAudioDecoder, RtpAudioEncoder
 from b2bua.wire import flv
 from b2bua.wire.rtp import RtpPacket, RtpSender
@@ -121,7 +122,7 @@ def test_far_end_rtp_becomes_aac_for_the_players_and_its_dtmf_digits():
         chunk = pcm[i * 320 : (i + 1) * 320]
         packet = far.packet(encoder.encode(chunk), 0, 160)
         now[0] += 0.020
-        bridge._rtp_in(packet.serialize(), FAR)
+        leg.audio_rtp.datagramReceived(packet.serialize(), FAR)
         bridge.tick_down(now[0] * 1000)
     assert players.header == flv.build_aac_sequence_header(16000, 1)
     assert len(players.audio) >= 25  # 2 s of 16 kHz AAC: 31 frames, minus the encoder's look-ahead
@@ -136,21 +137,21 @@ def test_far_end_rtp_becomes_aac_for_the_players_and_its_dtmf_digits():
     # a telephone-event from the far end is a digit, once, however many end packets repeat it
     event = bytes([5, 0x80, 0, 160])
     for _ in range(3):
-        bridge._rtp_in(far.packet(event, 101, 0, timestamp=12345).serialize(), FAR)
+        leg.audio_rtp.datagramReceived(far.packet(event, 101, 0, timestamp=12345).serialize(), FAR)
     assert digits == ["5"]
 
 
 def test_rtp_from_another_host_is_counted_and_ignored():
     bridge, leg, *_ = make()
     packet = RtpSender().packet(b"\xff" * 160, 0, 160).serialize()
-    bridge._rtp_in(packet, ("10.9.9.9", 5000))
-    bridge._rtp_in(b"garbage", FAR)
+    leg.audio_rtp.datagramReceived(packet, ("10.9.9.9", 5000))
+    leg.audio_rtp.datagramReceived(b"garbage", FAR)
     assert bridge.stats.rtp_foreign == 1 and bridge.stats.rtp_bad == 1 and bridge.stats.rtp_received == 0
     assert leg.audio_rtp.remote is None  # nothing latched: our RTP still goes to the SDP address
     # the dead-call watchdog's counter: the far end's datagrams only (even unparsable ones)
     assert bridge.packets_in == 1
-    bridge._rtcp_in(b"\x80\xc9\x00\x01\x00\x00\x00\x01", FAR)  # an empty receiver report
-    bridge._rtcp_in(b"\x80\xc9\x00\x01\x00\x00\x00\x01", ("10.9.9.9", 5001))
+    leg.audio_rtcp.datagramReceived(b"\x80\xc9\x00\x01\x00\x00\x00\x01", FAR)  # an empty receiver report
+    leg.audio_rtcp.datagramReceived(b"\x80\xc9\x00\x01\x00\x00\x00\x01", ("10.9.9.9", 5001))
     assert bridge.packets_in == 2
 
 
@@ -241,3 +242,150 @@ def test_uplink_jitter_spikes_raise_the_target_and_calm_gives_it_back():
     uplink_run(bridge2, leg, later, 40 * 50, tick_phase=10_007.0)
     assert bridge.uplink_target_ms < raised and bridge.stats.uplink_dropped_ms > 0
     assert bridge.stats.uplink_underruns - before <= 2
+
+
+# -- a leg's media across renegotiations (issue 11) -----------------------------------------------------
+def far_stream(bridge, leg, now, packets, *, ssrc=None, seq0=0, ts0=0, ptime=20, skip=(), sender=None):
+    """The far end sends ``packets`` PCMU packets of a 1 kHz tone, one per ``ptime`` ms, while
+    the media clock ticks every 20 ms; returns its RtpSender."""
+    far = sender or RtpSender(ssrc=ssrc, sequence=seq0, timestamp=ts0)
+    encoder = RtpAudioEncoder("PCMU", ptime=ptime)
+    step = 8 * ptime
+    pcm = sine_pcm(1000, packets * ptime / 1000 + 0.1, 8000, amplitude=0.3)
+    sent = 0
+    t_next = 20.0
+    t = 0.0
+    while sent < packets:
+        now[0] += 0.020
+        t += 20
+        while sent < packets and t_next <= t:  # what was sent since the last tick is here
+            packet = far.packet(encoder.encode(pcm[sent * 2 * step : (sent + 1) * 2 * step]), 0, step)
+            if sent not in skip:
+                leg.audio_rtp.datagramReceived(packet.serialize(), FAR)
+            sent += 1
+            t_next += ptime
+        bridge.tick_up(now[0] * 1000)
+        bridge.tick_down(now[0] * 1000)
+    return far
+
+
+def ticks(bridge, now, n):
+    for _ in range(n):
+        now[0] += 0.020
+        bridge.tick_up(now[0] * 1000)
+        bridge.tick_down(now[0] * 1000)
+
+
+def with_(neg, **changes):
+    audio = NegotiatedStream(**{**neg.audio.__dict__, **changes})
+    return NegotiatedMedia(audio=audio)
+
+
+def test_a_reinvite_that_changes_nothing_changes_nothing():
+    """FreeSWITCH's session-timer refresh (same SDP), and a hold/unhold: the jitter buffer keeps
+    what it buffered and learnt, the counters go on, the codecs are not rebuilt."""
+    bridge, leg, players, _, now = make()
+    far_stream(bridge, leg, now, 50, skip=(10, 11))  # two packets lost before the refresh
+    jitter, decoder, encoder, aac = bridge.jitter, bridge.decoder, bridge.encoder, bridge.aac_encoder
+    depth = jitter.depth_ms
+    assert depth > 0 and jitter.stats.lost == 2
+    for change in ({}, {"direction": "sendonly"}, {"direction": "sendrecv"}):  # refresh, hold, unhold
+        bridge.renegotiated(with_(negotiated(), **change))
+        assert bridge.jitter is jitter and jitter.depth_ms == depth  # nothing flushed
+        assert bridge.decoder is decoder and bridge.encoder is encoder and bridge.aac_encoder is aac
+    far_stream(bridge, leg, now, 50, sender=None, seq0=50, ts0=50 * 160, ssrc=jitter.ssrc)
+    stats = bridge.close()
+    assert stats.lost == 2 and stats.late == 0  # the loss before the refresh is still reported
+    assert stats.rtp_received == 98
+
+
+def test_a_returning_ssrc_plays_again():
+    """A→B→A: the PBX plays a prompt (B), then bridges the first party (A) again."""
+    bridge, leg, players, _, now = make()
+    a = far_stream(bridge, leg, now, 30, ssrc=111)
+    far_stream(bridge, leg, now, 30, ssrc=222, seq0=9000, ts0=5_000_000)
+    far_stream(bridge, leg, now, 30, sender=a)  # A continues where it stopped
+    bridge.close()
+    stats = bridge.stats
+    assert stats.late == 0 and stats.rtp_received == 90  # none of A's returning packets dropped
+    assert bridge.jitter.ssrc == 111
+    assert set(bridge.session.sources) == {111, 222}  # per-SSRC receive state kept for both
+
+
+def test_a_new_remote_address_is_followed_at_once():
+    bridge, leg, *_ , now = make()
+    far_stream(bridge, leg, now, 10)
+    assert leg.audio_rtp.remote == FAR  # latched
+    moved = ("127.0.0.9", 41000)
+    bridge.renegotiated(with_(negotiated(), remote_port=moved[1], remote_rtcp_port=moved[1] + 1))
+    leg.audio_rtp.sent.clear()
+    ticks(bridge, now, 3)
+    assert [addr for _, addr in leg.audio_rtp.sent] == [moved] * 3  # not to the old latched port
+    # and it latches again to where the new far end's RTP comes from (NAT)
+    packet = RtpSender().packet(b"\xff" * 160, 0, 160).serialize()
+    leg.audio_rtp.datagramReceived(packet, ("127.0.0.9", 42000))
+    ticks(bridge, now, 1)
+    assert leg.audio_rtp.sent[-1][1] == ("127.0.0.9", 42000)
+
+
+@pytest.mark.parametrize("ptime", [10, 30, 40, 60])
+def test_ptime_is_honoured_both_ways(ptime):
+    bridge, leg, players, _, now = make()
+    bridge.renegotiated(with_(negotiated(), ptime=ptime))
+    leg.audio_rtp.sent.clear()
+    ticks(bridge, now, 60)  # 1.2 s
+    sent = [RtpPacket.parse(d) for d, _ in leg.audio_rtp.sent]
+    assert len(sent) == 1200 // ptime
+    assert {len(p.payload) for p in sent} == {8 * ptime}
+    steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(sent, sent[1:], strict=False)}
+    assert steps == {8 * ptime}
+    # received at that ptime: played at the pace it comes, no concealment once it runs
+    players.audio.clear()
+    concealed = bridge.stats.concealed_ms
+    far_stream(bridge, leg, now, 3000 // ptime, ptime=ptime)
+    assert bridge.stats.concealed_ms == concealed
+    assert bridge.jitter.stats.late == 0 and bridge.jitter.stats.lost == 0
+    assert abs(len(players.audio) - 3000 * 16 / 1024) <= 2  # AAC at real-time pace
+    decoder = AacDecoder(flv.parse_audio(players.header).data)
+    frames = [f for _, tag in players.audio for f in decoder.decode(flv.parse_audio(tag).data)]
+    tone = np.concatenate([f.to_ndarray().reshape(-1).astype("float64") for f in frames])
+    assert abs(dominant_frequency(tone[8000:], 16000) - 1000) < 20
+
+
+def test_the_players_get_aac_all_the_time_even_held_or_silent():
+    """Before the far end's first packet, while held, after it fell silent: AAC frames at their
+    normal rate, timestamps continuous."""
+    bridge, leg, players, _, now = make()
+    ticks(bridge, now, 50)  # answered, the far end sends nothing yet
+    far_stream(bridge, leg, now, 50)
+    bridge.renegotiated(with_(negotiated(), direction="sendonly"))  # we hold
+    ticks(bridge, now, 100)
+    bridge.renegotiated(negotiated())
+    ticks(bridge, now, 50)  # unheld, the far end silent
+    stamps = [ts for ts, _ in players.audio]
+    assert players.header is not None and stamps[0] <= 200
+    assert all(b - a == 64 for a, b in zip(stamps, stamps[1:], strict=False))
+    assert abs(len(stamps) - 5000 * 16 / 1024) <= 3  # 5 s of ticks: every frame there
+
+
+def test_a_new_codec_rebuilds_the_pipeline_only_and_the_aac_stream_goes_on():
+    bridge, leg, players, _, now = make()
+    far_stream(bridge, leg, now, 25)
+    session, aac = bridge.session, bridge.aac_encoder
+    bridge.renegotiated(with_(negotiated(), codec="G722", payload_type=9))
+    assert bridge.pipeline_builds == 2 and bridge.session is session and bridge.aac_encoder is aac
+    ticks(bridge, now, 25)
+    stamps = [ts for ts, _ in players.audio]
+    assert all(b - a == 64 for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_our_answer_keeps_the_offered_ptime():
+    leg = MediaLeg(None, None, "127.0.0.1", ["PCMU"], False, "rtmp://x/live")
+    leg._pairs = [30000]
+    offer = (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n"
+        "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:30\r\n"
+    )
+    answer, _ = leg.answer_offer(offer.encode())
+    assert b"a=ptime:30" in answer
+    assert b"a=ptime:30" in leg.make_offer(hold=True)

@@ -161,7 +161,44 @@ def test_ssrc_change_resyncs() -> None:
     assert seq[8:10] == ["N", "N"]
     assert seq[10:20] == list(range(5000, 5010))
     assert (jb.stats.resyncs, jb.stats.flushed) == (1, 2)
-    assert jb.stats.late == 1  # the stray packet of the old SSRC
+    assert jb.stats.late == 1  # a stray of the old SSRC, right after the switch, is not its return
+
+
+def test_a_returning_ssrc_plays_again() -> None:
+    """A→B→A: a prompt from the PBX (B), then the first party again (A), which continues its
+    own sequence and timestamps."""
+    jb = JitterBuffer(8000)
+    a1 = [(i * 20, pk(i, ssrc=1)) for i in range(10)]
+    b = [(200 + i * 20, pk(5000 + i, ts=777777 + i * SPP, ssrc=2)) for i in range(10)]
+    a2 = [(400 + (i - 20) * 20, pk(i, ssrc=1)) for i in range(20, 30)]
+    res = run(jb, a1 + b + a2, 35)
+    seq = [s for s in played(res) if isinstance(s, int)]
+    assert seq[-10:] == list(range(20, 30))  # A is heard again, all of it
+    assert jb.stats.late == 0 and jb.stats.resyncs == 2 and jb.ssrc == 1
+    # and a stray of B after that (its old sequence) is not a return
+    assert not jb.put(pk(5005, ts=777777 + 5 * SPP, ssrc=2), 700)
+
+
+@pytest.mark.parametrize("ptime", [10, 30, 40, 60])
+def test_the_packet_duration_follows_the_stream(ptime: int) -> None:
+    """The SDP said 20 ms (or nothing); the far end packetizes otherwise: after two packets the
+    buffer plays at their pace, one per ``ptime`` of ticks, without gaps."""
+    jb = JitterBuffer(8000, ptime_ms=20)
+    step = 8 * ptime
+    out: list = []
+    arrivals = [(i * ptime, RtpPacket(0, i, i * step, 1, b"%d" % i)) for i in range(3000 // ptime)]
+    for k in range(3000 // 20):
+        now = 20 * k
+        while arrivals and arrivals[0][0] <= now:
+            jb.put(arrivals[0][1], now)
+            arrivals.pop(0)
+        items = jb.pull(now, 20)
+        out += items or []
+    frames = [i.packet.sequence for i in out if isinstance(i, Frame)]
+    assert jb.ptime_ms == ptime and jb.stats.ptime_changes == 1
+    assert jb.stats.lost == 0 and jb.stats.late == 0
+    assert frames == sorted(frames) and len(frames) >= 3000 // ptime - 200 // ptime
+    assert sum(isinstance(i, Gap) for i in out[len(out) // 4 :]) == 0  # steady: no gaps
 
 
 def test_timestamp_jump_resyncs() -> None:
