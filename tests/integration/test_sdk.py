@@ -236,3 +236,20 @@ def test_sdk_dropped_socket_resumed_call_survives(node_sdk, gateway, far, tmp_pa
     assert phone.messages_text().count("BYE sip:") >= 1
     yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
     yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="logged out")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_incoming_cancelled_while_socket_dead_ends_on_resume(node_sdk, gateway, far, tmp_path):
+    """The caller gives up while the SDK's socket is silently dead: the `hangup` event is lost
+    with the socket, and the `resume` result (which no longer lists the call) ends it."""
+    name = "an incoming call cancelled while the socket is silently dead ends on resume"
+    proc = run_node_case(node_sdk, name, gateway, tmp_path)
+    ready = tmp_path / "inbound.ready"
+    yield wait_until(lambda: ready.exists() or proc.finished, timeout=60, what="the SDK to log in")
+    assert ready.exists(), f"node ended before logging in:\n{proc.text}"
+    caller = far("uac_cancel.xml", register=False, variables={"callee": USER, "hold_ms": "2000"})
+    yield proc.ended
+    check_passed(proc, name)
+    assert (yield exit_code(caller)) == 0, caller.explain()
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+    yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="logged out")

@@ -9,6 +9,8 @@ async function softphone(): Promise<void> {
     call.on('quality', (q) => console.log(q.level));
   });
   client.on('hangup', (e) => console.log(e.cause === CAUSE_SESSION_EXPIRED, e.by));
+  client.on('resumed', (r) => console.log(r.grace_period, (r.calls || []).map((c) => c.state)));
+  console.log(client.gracePeriod);
   client.on('networkChanged', (e) => console.log(e.isConnected, e.networkType));
   const connected = await client.connect();
   if (!connected.resumed) await client.login({ user: '1000', password: '1234' });
