@@ -268,3 +268,34 @@ export declare const CAUSE_ENDED_WHILE_DISCONNECTED: 'NORMAL_UNSPECIFIED';
 export declare const REASON_ENDED_WHILE_DISCONNECTED: 'ended while disconnected';
 export declare const CLOSE_REPLACED: 4001;
 export declare const CLOSE_GOING_AWAY: 1001;
+
+// ---- <mpb2bua-call> (components/mpb2bua-call) ---------------------------------------------------
+
+/** The component's properties (WXML attributes: `ringtone`, `vibrate`, `speaker`, `decline-status`, `reject-when-busy`, `authorize`). */
+export interface CallComponentProperties {
+  ringtone?: string;
+  vibrate?: boolean;
+  speaker?: boolean;
+  declineStatus?: number;
+  rejectWhenBusy?: boolean;
+  authorize?: boolean;
+}
+
+/** `e.detail` of each event the component triggers (`bind<name>` in WXML). */
+export interface CallComponentEvents {
+  incoming: { call: string; from: string | null; display: string | null; video: boolean };
+  statechange: { call: string; state: CallState };
+  answered: { call: string };
+  ended: HangupEvent & { duration: number };
+  dtmf: { call: string; digits: string };
+  mute: { call: string; muted: boolean };
+  speaker: { call: string; speaker: boolean };
+  error: { action: 'dial' | 'answer' | 'decline' | 'hangup' | 'hold' | 'dtmf' | 'media'; reason: string; message: string };
+}
+
+/** What `page.selectComponent('#call')` returns for an <mpb2bua-call>. */
+export interface CallComponentInstance {
+  setClient(client: Mpb2buaClient): void;
+  dial(to: string, options?: { video?: boolean; headers?: Record<string, string> }): Promise<Call>;
+  show(call: Call): void;
+}

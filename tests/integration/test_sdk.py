@@ -8,7 +8,7 @@ side gets the gateway's URL and the far end's user from the environment (``MPB2B
 ``MPB2BUA_SIGNAL_DIR`` once logged in, and this side then starts the sipp caller.
 
 ``npm ci`` installs the SDK's dev dependencies (``ws``, ``typescript``, ``miniprogram-api-typings``,
-``miniprogram-simulate``) when ``node_modules`` does not match ``package-lock.json``. Without
+``miniprogram-simulate``, ``jsdom``) when ``node_modules`` does not match ``package-lock.json``. Without
 node/npm the tests skip, except under CI=true where they fail.
 """
 
@@ -63,9 +63,10 @@ def node_sdk():
 
 def test_sdk_unit_tests_pass(node_sdk):
     """The SDK's own unit tests (fake socket: JSON-RPC plumbing, emitter, backoff, resume, lifecycle,
-    storage, call objects, media handles)."""
+    storage, call objects, media handles) and those of the <mpb2bua-call> component
+    (miniprogram-simulate on jsdom)."""
     done = subprocess.run(
-        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js"],
+        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js", "test/component.test.js"],
         cwd=SDK_DIR,
         capture_output=True,
         text=True,

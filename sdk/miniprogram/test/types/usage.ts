@@ -1,6 +1,6 @@
 // Compiled with `tsc --noEmit` (npm run typecheck): the typings fit real mini-program code written
 // against miniprogram-api-typings. Not run.
-import { Mpb2buaClient, Mpb2buaError, Call, CAUSE_SESSION_EXPIRED, pusherState } from '../../mpb2bua';
+import { Mpb2buaClient, Mpb2buaError, Call, CAUSE_SESSION_EXPIRED, pusherState, CallComponentInstance, CallComponentEvents } from '../../mpb2bua';
 
 async function softphone(): Promise<void> {
   const client = new Mpb2buaClient({ url: 'wss://gw.example.com/ws', wx, reconnect: { gracePeriod: 30000 } });
@@ -27,4 +27,12 @@ async function softphone(): Promise<void> {
   }
 }
 
+async function withComponent(client: Mpb2buaClient, view: CallComponentInstance): Promise<void> {
+  view.setClient(client);
+  const call = await view.dial('1500', { video: false });
+  const onEnded = (e: { detail: CallComponentEvents['ended'] }) => console.log(e.detail.duration, e.detail.cause);
+  onEnded({ detail: { call: call.id, cause: 'NORMAL_CLEARING', by: 'remote', duration: 3 } });
+}
+
 void softphone;
+void withComponent;
