@@ -1,4 +1,4 @@
-// <mpb2bua-call>: a drop-in call screen on top of the mpb2bua SDK (docs/miniprogram.md §7).
+// <mpb2bua-call>: a drop-in call screen on top of the mpb2bua SDK (docs/miniprogram.md §2).
 // Shows the client's current call: incoming screen (ringtone, vibration, answer/decline), then
 // the call (mute, hold, speaker/earpiece, DTMF pad, timer, quality badge) with its <live-pusher>
 // (mode RTC) and <live-player>. Self-contained: it needs only the Call objects of the SDK.
