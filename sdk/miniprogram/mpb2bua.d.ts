@@ -177,11 +177,31 @@ export interface ClientOptions {
 
 export type Credentials = { user: string; password: string } | { user: string; ha1: string } | { token: string };
 
+/** One call of the `calls` list of a `resume` result (docs/protocol.md §3). */
+export interface ResumedCall {
+  call: string;
+  state: CallState;
+  direction: 'outbound' | 'inbound';
+}
+
+/** The `resume` result (the `resumed` event's payload). */
+export interface ResumeResult {
+  session: string;
+  user: string;
+  state: string;
+  /** The gateway's grace period, seconds. */
+  grace_period?: number;
+  /** The session's calls still up; a call missing from it has ended. */
+  calls?: ResumedCall[];
+}
+
 export interface ConnectResult {
   resumed: boolean;
   session?: string;
   user?: string;
   state?: string;
+  grace_period?: number;
+  calls?: ResumedCall[];
 }
 
 export declare class Mpb2buaClient extends Emitter {
@@ -195,9 +215,11 @@ export declare class Mpb2buaClient extends Emitter {
   networkType: string | null;
   pbxReachable: boolean;
   readonly calls: Map<string, Call>;
+  /** The grace period in force, ms: the gateway's (login/resume `grace_period`) or the option. */
+  readonly gracePeriod: number;
   connect(): Promise<ConnectResult>;
   close(code?: number, reason?: string): void;
-  login(credentials: Credentials): Promise<{ session: string; user: string; expires?: number; resumed?: boolean }>;
+  login(credentials: Credentials): Promise<{ session: string; user: string; expires?: number; grace_period?: number; resumed?: boolean }>;
   logout(): Promise<{}>;
   ping(): Promise<{ pong: number; rtt: number }>;
   call(to: string, options?: { video?: boolean; headers?: Record<string, string> }):
@@ -223,7 +245,7 @@ export declare class Mpb2buaClient extends Emitter {
   on(event: 'registered', fn: Listener<{ user: string; expires: number }>): () => void;
   on(event: 'registration_failed', fn: Listener<{ user: string; reason: string; sip_status?: number; retrying: boolean }>): () => void;
   on(event: 'reconnecting', fn: Listener<{ attempt: number; delay: number | null; reason: string }>): () => void;
-  on(event: 'resumed', fn: Listener<{ session: string; user: string; state: string }>): () => void;
+  on(event: 'resumed', fn: Listener<ResumeResult>): () => void;
   on(event: 'disconnected', fn: Listener<{ reason: string; error?: Mpb2buaError }>): () => void;
   on(event: 'networkChanged', fn: Listener<{ isConnected: boolean; networkType: string | null }>): () => void;
   on(event: 'mediaInterrupted' | 'mediaResumed', fn: Listener<{ reason: 'audio_interruption' | 'background' | 'foreground'; calls: string[] }>): () => void;
@@ -241,5 +263,39 @@ export declare const SDK_EVENTS: readonly string[];
 export declare const CALL_STATES: readonly CallState[];
 export declare const CAUSE_SESSION_EXPIRED: 'SESSION_EXPIRED';
 export declare const CAUSE_SESSION_ENDED: 'SESSION_ENDED';
+/** `hangup` cause of a call a `resume` result no longer lists (reason REASON_ENDED_WHILE_DISCONNECTED). */
+export declare const CAUSE_ENDED_WHILE_DISCONNECTED: 'NORMAL_UNSPECIFIED';
+export declare const REASON_ENDED_WHILE_DISCONNECTED: 'ended while disconnected';
 export declare const CLOSE_REPLACED: 4001;
 export declare const CLOSE_GOING_AWAY: 1001;
+
+// ---- <mpb2bua-call> (components/mpb2bua-call) ---------------------------------------------------
+
+/** The component's properties (WXML attributes: `ringtone`, `vibrate`, `speaker`, `decline-status`, `reject-when-busy`, `authorize`). */
+export interface CallComponentProperties {
+  ringtone?: string;
+  vibrate?: boolean;
+  speaker?: boolean;
+  declineStatus?: number;
+  rejectWhenBusy?: boolean;
+  authorize?: boolean;
+}
+
+/** `e.detail` of each event the component triggers (`bind<name>` in WXML). */
+export interface CallComponentEvents {
+  incoming: { call: string; from: string | null; display: string | null; video: boolean };
+  statechange: { call: string; state: CallState };
+  answered: { call: string };
+  ended: HangupEvent & { duration: number };
+  dtmf: { call: string; digits: string };
+  mute: { call: string; muted: boolean };
+  speaker: { call: string; speaker: boolean };
+  error: { action: 'dial' | 'answer' | 'decline' | 'hangup' | 'hold' | 'dtmf' | 'media'; reason: string; message: string };
+}
+
+/** What `page.selectComponent('#call')` returns for an <mpb2bua-call>. */
+export interface CallComponentInstance {
+  setClient(client: Mpb2buaClient): void;
+  dial(to: string, options?: { video?: boolean; headers?: Record<string, string> }): Promise<Call>;
+  show(call: Call): void;
+}

@@ -8,7 +8,8 @@
  * `wx.connectSocket` SocketTask: request ids, pending promises with timeouts,
  * typed errors, events, a keep-alive ping, and automatic reconnection with
  * `resume {session}` after a network drop (calls and registration survive the
- * drop on the gateway for its grace period, 30 s by default).
+ * drop on the gateway for its grace period, 30 s by default). The resume result lists the
+ * session's calls still up: calls missing from it ended while the socket was away.
  *
  * One session at a time: the session id is kept (in memory and in wx storage, with the time
  * the gateway was last heard), `resume` is always tried before a new `login`, and the client
@@ -212,6 +213,13 @@ function dropUndefined(obj) {
 
 /** Call states of docs/protocol.md §7.2. */
 const CALL_STATES = Object.freeze(['calling', 'ringing', 'early', 'incoming', 'answering', 'active', 'held', 'ended']);
+/** Outbound states before the answer, between which `ringing`/`early_media` move a call. */
+const PRE_ANSWER = Object.freeze(['calling', 'ringing', 'early']);
+
+/** The `cause` of the `hangup` the SDK reports for a call that a `resume` result no longer lists:
+ * it ended while the socket was silently dead, and its `hangup` event was lost with the socket. */
+const CAUSE_ENDED_WHILE_DISCONNECTED = 'NORMAL_UNSPECIFIED';
+const REASON_ENDED_WHILE_DISCONNECTED = 'ended while disconnected';
 
 /**
  * One call of the session, in either direction, following docs/protocol.md §7.2. Get them from
@@ -284,16 +292,18 @@ class Call extends Emitter {
   /** A protocol event for this call (routed by the client). */
   _event(name, params) {
     if (this.state === 'ended') return;
+    // events only move a call forward (protocol.md 7.2): those queued while the socket was away
+    // arrive after the resume result, whose `calls` may already have put the call further on
     switch (name) {
-      case 'ringing': if (this.direction === 'outbound') this._setState('ringing'); break;
+      case 'ringing': if (this.direction === 'outbound' && PRE_ANSWER.includes(this.state)) this._setState('ringing'); break;
       case 'early_media':
         if (params.codec) this.codec = params.codec;
-        if (this.direction === 'outbound') this._setState('early');
+        if (this.direction === 'outbound' && PRE_ANSWER.includes(this.state)) this._setState('early');
         break;
       case 'answered':
         if (params.codec) this.codec = params.codec;
         if (params.video !== undefined) this.video = Boolean(params.video);
-        this._setState('active');
+        if (this.state !== 'held') this._setState('active');
         break;
       case 'hold': this.remoteHeld = Boolean(params.held); break;
       case 'media':
@@ -401,22 +411,23 @@ class Call extends Emitter {
   }
 
   /**
-   * Ask the gateway whether it still has this call, without side effects: `answer` is refused
-   * with `bad_state` for any call it has that is not ringing in, `call_not_found` once it ended.
-   * Used after a resume and after a dead media stream (3004), since a `hangup` event written to a
-   * socket that had silently died is lost. Never for an `incoming` call (that would answer it).
+   * Take the gateway's state from a `resume` result (`calls[].state`): results and events written
+   * to a socket that died silently are lost, so the gateway's view wins.
+   * @param {string} state
    */
-  _verify() {
-    if (this.state === 'ended' || this.state === 'incoming' || this._pendingEnd || this._verifying) return;
-    this._verifying = true;
-    this._request('answer').then(() => { this._verifying = false; }, (err) => {
-      this._verifying = false;
-      if (err.reason === 'call_not_found' && this.state !== 'ended') {
-        const params = { call: this.id, cause: 'NORMAL_UNSPECIFIED', reason: 'the gateway no longer has the call', by: 'remote' };
-        this._ended(params);
-        this.client.emit('hangup', params);
-      }
-    });
+  _sync(state) {
+    if (this.state === 'ended' || state === this.state || !CALL_STATES.includes(state) || state === 'ended') return;
+    if (state === 'held' && this.state !== 'active') this._setState('active'); // answeredAt, and the usual path
+    this._setState(state);
+  }
+
+  /** The call is gone from the gateway (missing from a `resume` result): end it locally. */
+  _lost() {
+    if (this.state === 'ended') return;
+    const by = this._pendingEnd ? 'local' : 'remote';
+    const params = { call: this.id, cause: CAUSE_ENDED_WHILE_DISCONNECTED, reason: REASON_ENDED_WHILE_DISCONNECTED, by };
+    this._ended(params);
+    this.client.emit('hangup', params);
   }
 
   /**
@@ -472,8 +483,9 @@ class Call extends Emitter {
     this.handles.push(handle);
     handle.on('state', (e) => {
       if (e.code === 5000 || e.code === 5001) this.client._mediaNeedsRestart = true;
-      if (handle.state === 'ended') { // 3004: the gateway closed the stream, i.e. the key is dead
-        if (this.client._canSend()) this._verify();
+      if (handle.state === 'ended') {
+        // 3004: the gateway closed the stream, i.e. the key is dead. Its `hangup` event comes on a
+        // live socket; on a silently dead one the ping fails and the resume's `calls` tell
         this.client._probe('media stream closed by the gateway');
       }
       this._updateQuality();
@@ -542,7 +554,8 @@ class Mpb2buaClient extends Emitter {
    * @param {number} [options.pingInterval=20000] ms between keep-alive `ping`s (0 disables them)
    * @param {object|false} [options.reconnect] `{baseDelay=500, maxDelay=8000, jitter=0.3,
    *   gracePeriod=30000, graceSlack=5000, probeTimeout=3000}`, or `false` to never reconnect.
-   *   `gracePeriod` must match the gateway's `websocket.grace_period`.
+   *   `gracePeriod` is a fallback: the gateway's own (`grace_period` of the login and resume
+   *   results) is used once known.
    * @param {string|false} [options.storage='mpb2bua.session'] wx storage key of the session
    *   (id, user, last contact, calls) for a resume after a cold restart; `false`: memory only
    * @param {boolean} [options.lifecycle=true] follow app hide/show, network and audio interruptions
@@ -615,6 +628,8 @@ class Mpb2buaClient extends Emitter {
     this._mediaNeedsRestart = false;
     this._interrupted = false;
     this._hidden = false;
+    /** The gateway's grace period (ms) from the last login/resume result, or null. */
+    this._serverGrace = null;
     this._restore();
   }
 
@@ -726,6 +741,7 @@ class Mpb2buaClient extends Emitter {
     this.session = result.session;
     this.user = result.user;
     this._lastSeen = Date.now();
+    this._takeGrace(result);
     this._save();
     return result;
   }
@@ -1000,7 +1016,7 @@ class Mpb2buaClient extends Emitter {
   // ---- storage ----------------------------------------------------------------------------
 
   _graceLeft(now = Date.now()) {
-    return this._lastSeen + this.reconnect.gracePeriod + this.reconnect.graceSlack - now;
+    return this._lastSeen + this.gracePeriod + this.reconnect.graceSlack - now;
   }
 
   _restore() {
@@ -1009,6 +1025,7 @@ class Mpb2buaClient extends Emitter {
     try { saved = this.wx.getStorageSync(this.storageKey); } catch (err) { return; }
     if (!saved || typeof saved !== 'object' || saved.url !== this.url || typeof saved.session !== 'string') return;
     this._lastSeen = Number(saved.seenAt) || 0;
+    if (typeof saved.serverGrace === 'number' && saved.serverGrace > 0) this._serverGrace = saved.serverGrace;
     if (this._graceLeft() <= 0) {
       this._removeStored();
       return;
@@ -1025,7 +1042,7 @@ class Mpb2buaClient extends Emitter {
     if (!this.session) return this._removeStored();
     const value = {
       url: this.url, session: this.session, user: this.user, seenAt: this._lastSeen,
-      grace: this.reconnect.gracePeriod, calls: Array.from(this.calls.values()).map((c) => c._snapshot()),
+      serverGrace: this._serverGrace, calls: Array.from(this.calls.values()).map((c) => c._snapshot()),
     };
     try { this.wx.setStorageSync(this.storageKey, value); } catch (err) { /* storage full: memory only */ }
     return undefined;
@@ -1039,6 +1056,7 @@ class Mpb2buaClient extends Emitter {
   _forgetSession() {
     this.session = null;
     this.user = null;
+    this._serverGrace = null;
     this._removeStored();
   }
 
@@ -1204,17 +1222,14 @@ class Mpb2buaClient extends Emitter {
           this.session = result.session || session;
           this.user = result.user || this.user;
           this._lastSeen = Date.now();
+          this._takeGrace(result);
+          const gone = this._syncCalls(result.calls);
           this._save();
           this._startPing();
           this.emit('resumed', result);
           this._settle(null, Object.assign({ resumed: true }, result));
-          // queued events came right after the result; then send what waited for the connection
-          this._timers.setTimeout(() => {
-            for (const call of Array.from(this.calls.values())) {
-              call._flushEnd();
-              call._verify(); // its hangup event may have been written to the dead socket
-            }
-          }, 0);
+          for (const call of Array.from(this.calls.values())) if (!gone.includes(call)) call._flushEnd();
+          if (gone.length) this._endLostCalls(gone);
         }, (err) => {
           if (err.reason === 'disconnected') return; // the new socket died too: already rescheduled
           this._resuming = false;
@@ -1238,6 +1253,48 @@ class Mpb2buaClient extends Emitter {
         this._scheduleReconnect(why);
       },
     });
+  }
+
+  /**
+   * Apply a `resume` result's `calls` (the session's calls still up on the gateway): a call whose
+   * state differs takes the gateway's; those missing ended while the socket was silently dead
+   * (their `hangup` event was lost with it) and are returned, to be ended by _endLostCalls.
+   * Without `calls` (a gateway older than this SDK) nothing is known: nothing changes.
+   * @param {Array<{call:string, state:string}>|undefined} listed
+   * @returns {Call[]}
+   */
+  _syncCalls(listed) {
+    if (!Array.isArray(listed)) return [];
+    const states = new Map();
+    for (const c of listed) if (c && typeof c.call === 'string') states.set(c.call, c.state);
+    const gone = [];
+    for (const call of Array.from(this.calls.values())) {
+      if (states.has(call.id)) call._sync(states.get(call.id));
+      else gone.push(call);
+    }
+    return gone;
+  }
+
+  /**
+   * End calls a resume found gone, once the events queued while the session was detached have
+   * arrived (one of them may be the call's own `hangup`, with the real cause): the gateway writes
+   * them right after the result, so the answer to a ping sent now comes after all of them.
+   * @param {Call[]} calls
+   */
+  _endLostCalls(calls) {
+    const end = () => { for (const call of calls) call._lost(); };
+    this.request('ping', {}, { timeout: this.reconnect.probeTimeout }).then(end, end);
+  }
+
+  /** Take `grace_period` (seconds) from a login or resume result: the gateway's own value. */
+  _takeGrace(result) {
+    const seconds = result && result.grace_period;
+    if (typeof seconds === 'number' && seconds > 0) this._serverGrace = seconds * 1000;
+  }
+
+  /** The grace period in force, ms: the gateway's (login/resume result) or the `reconnect.gracePeriod` option. */
+  get gracePeriod() {
+    return this._serverGrace || this.reconnect.gracePeriod;
   }
 
   _whenSettled() {
@@ -1637,6 +1694,8 @@ module.exports = {
   CALL_STATES,
   CAUSE_SESSION_EXPIRED,
   CAUSE_SESSION_ENDED,
+  CAUSE_ENDED_WHILE_DISCONNECTED,
+  REASON_ENDED_WHILE_DISCONNECTED,
   Mpb2buaError,
   Emitter,
   MediaHandle,

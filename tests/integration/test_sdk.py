@@ -8,7 +8,7 @@ side gets the gateway's URL and the far end's user from the environment (``MPB2B
 ``MPB2BUA_SIGNAL_DIR`` once logged in, and this side then starts the sipp caller.
 
 ``npm ci`` installs the SDK's dev dependencies (``ws``, ``typescript``, ``miniprogram-api-typings``,
-``miniprogram-simulate``) when ``node_modules`` does not match ``package-lock.json``. Without
+``miniprogram-simulate``, ``jsdom``) when ``node_modules`` does not match ``package-lock.json``. Without
 node/npm the tests skip, except under CI=true where they fail.
 """
 
@@ -63,9 +63,10 @@ def node_sdk():
 
 def test_sdk_unit_tests_pass(node_sdk):
     """The SDK's own unit tests (fake socket: JSON-RPC plumbing, emitter, backoff, resume, lifecycle,
-    storage, call objects, media handles)."""
+    storage, call objects, media handles) and those of the <mpb2bua-call> component
+    (miniprogram-simulate on jsdom)."""
     done = subprocess.run(
-        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js"],
+        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js", "test/component.test.js"],
         cwd=SDK_DIR,
         capture_output=True,
         text=True,
@@ -234,5 +235,22 @@ def test_sdk_dropped_socket_resumed_call_survives(node_sdk, gateway, far, tmp_pa
     # the far end saw one call, answered, then our BYE after the resume: a clean end
     assert (yield exit_code(phone)) == 0, phone.explain()
     assert phone.messages_text().count("BYE sip:") >= 1
+    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+    yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="logged out")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_incoming_cancelled_while_socket_dead_ends_on_resume(node_sdk, gateway, far, tmp_path):
+    """The caller gives up while the SDK's socket is silently dead: the `hangup` event is lost
+    with the socket, and the `resume` result (which no longer lists the call) ends it."""
+    name = "an incoming call cancelled while the socket is silently dead ends on resume"
+    proc = run_node_case(node_sdk, name, gateway, tmp_path)
+    ready = tmp_path / "inbound.ready"
+    yield wait_until(lambda: ready.exists() or proc.finished, timeout=60, what="the SDK to log in")
+    assert ready.exists(), f"node ended before logging in:\n{proc.text}"
+    caller = far("uac_cancel.xml", register=False, variables={"callee": USER, "hold_ms": "2000"})
+    yield proc.ended
+    check_passed(proc, name)
+    assert (yield exit_code(caller)) == 0, caller.explain()
     yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
     yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="logged out")

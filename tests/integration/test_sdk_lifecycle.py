@@ -104,6 +104,14 @@ def test_player_3004_ends_call_without_retry(node_sdk, gateway, far, tmp_path): 
 
 
 @pytest_twisted.inlineCallbacks
+def test_call_ended_while_socket_dead_learned_from_resume(node_sdk, gateway, far, tmp_path):  # noqa: F811
+    phone = far("uas_answer_then_bye.xml", variables={"hold_ms": "1500"}, timeout=60)
+    name = "a call that ends while the socket is silently dead is ended by the resume result"
+    yield lifecycle_case(node_sdk, name, gateway, tmp_path)
+    yield clean_end(gateway, phone, bye=False)
+
+
+@pytest_twisted.inlineCallbacks
 def test_hangup_while_reconnecting_reaches_far_end(node_sdk, gateway, far, tmp_path):  # noqa: F811
     phone = far("uas_answer.xml", timeout=60)
     name = "hang-up while reconnecting: sent after the resume, the far end gets its BYE"

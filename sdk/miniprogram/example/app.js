@@ -1,6 +1,7 @@
-// mpb2bua sample app. example/mpb2bua.js is a copy of sdk/miniprogram/mpb2bua.js (a mini-program
-// cannot require files outside its own folder; a unit test checks the copy is current: after
-// changing the SDK, `cp mpb2bua.js example/`). Edit GATEWAY_URL to your node's wss:// URL (its domain
+// mpb2bua sample app. example/mpb2bua.js and example/components/mpb2bua-call/ are copies of
+// sdk/miniprogram/mpb2bua.js and sdk/miniprogram/components/mpb2bua-call/ (a mini-program cannot
+// require files outside its own folder; a unit test checks the copies are current: after changing
+// them, `cp mpb2bua.js example/ && cp -r components example/`). Edit GATEWAY_URL to your node's wss:// URL (its domain
 // must be in the mini-program's "socket legal domains", see docs/miniprogram.md).
 const { Mpb2buaClient } = require('./mpb2bua.js');
 

@@ -427,14 +427,22 @@ test('attachPlayer plays the play_url', async () => {
   assert.equal(player.statechange(2004), 'playing');
 });
 
-test('the example app carries a current copy of the SDK and valid JSON configs', () => {
+test('the example app carries current copies of the SDK and the call component, and valid JSON configs', () => {
   const fs = require('node:fs');
   const path = require('node:path');
   const root = path.join(__dirname, '..');
   const example = path.join(root, 'example');
   assert.equal(fs.readFileSync(path.join(example, 'mpb2bua.js'), 'utf8'), fs.readFileSync(path.join(root, 'mpb2bua.js'), 'utf8'),
     'example/mpb2bua.js is stale: cp mpb2bua.js example/');
+  for (const ext of ['js', 'wxml', 'wxss', 'json']) {
+    const file = path.join('components', 'mpb2bua-call', `index.${ext}`);
+    assert.equal(fs.readFileSync(path.join(example, file), 'utf8'), fs.readFileSync(path.join(root, file), 'utf8'),
+      `example/${file} is stale: cp -r components example/`);
+  }
   for (const f of ['app.json', 'project.config.json', 'call.json', 'sitemap.json']) JSON.parse(fs.readFileSync(path.join(example, f), 'utf8'));
+  const using = JSON.parse(fs.readFileSync(path.join(example, 'call.json'), 'utf8')).usingComponents;
+  for (const ref of Object.values(using)) assert.ok(fs.existsSync(path.join(example, `${ref}.js`)), ref);
+  assert.ok(fs.existsSync(path.join(example, 'assets', 'ring.wav')), 'the ringtone the page names');
   const app = JSON.parse(fs.readFileSync(path.join(example, 'app.json'), 'utf8'));
   for (const page of app.pages) {
     for (const ext of ['js', 'wxml', 'wxss', 'json']) assert.ok(fs.existsSync(path.join(example, `${page}.${ext}`)), `${page}.${ext}`);

@@ -194,8 +194,12 @@ test('a dropped socket is resumed and the call survives', { skip }, async () => 
   assert.equal(resumed.session, session);
   assert.equal(resumed.user, USER);
   assert.equal(resumed.state, 'registered');
+  assert.equal(resumed.grace_period, 30);
   assert.equal(resumed.calls.length, 1); // the call is still up at the gateway
-  assert.deepEqual(resumed.calls[0], { call, state: 'active', direction: 'outbound' });
+  assert.equal(resumed.calls[0].call, call);
+  assert.equal(resumed.calls[0].state, 'active');
+  assert.equal(resumed.calls[0].direction, 'outbound');
+  assert.equal(client.gracePeriod, 30000, "the gateway's grace period");
   assert.equal(client.state, 'open');
   assert.equal(wx.sockets.length, 2);
 
@@ -206,6 +210,27 @@ test('a dropped socket is resumed and the call survives', { skip }, async () => 
   assert.equal(hangup.by, 'local');
   assert.equal(hangup.cause, 'NORMAL_CLEARING');
   assert.ok(!events.seen.some(([n]) => n === 'disconnected'), JSON.stringify(events.seen.map(([n]) => n)));
+  await client.logout();
+  client.close();
+});
+
+test('an incoming call cancelled while the socket is silently dead ends on resume', { skip }, async () => {
+  const { wx, client, events } = await loggedIn();
+  signal('inbound'); // the Python side now starts sipp uac_cancel.xml calling USER (CANCEL after 2 s)
+  const incoming = await events.next('incoming', 20000);
+  const call = client.getCall(incoming.call);
+  assert.equal(call.state, 'incoming');
+  wx.lastSocket.blackhole(); // the network dies without a word: the gateway writes on
+  const hangup = new Promise((resolve) => call.once('hangup', resolve));
+  await new Promise((r) => setTimeout(r, 3000)); // the caller has cancelled meanwhile
+  assert.equal(call.state, 'incoming', 'the hangup event went to the dead socket');
+  wx.switchNetwork('4g'); // a new network: the SDK resumes on a new socket at once
+  const resumed = await events.next('resumed', 10000);
+  assert.deepEqual(resumed.calls, []);
+  const end = await hangup;
+  assert.deepEqual(end, { call: incoming.call, cause: 'NORMAL_UNSPECIFIED', reason: 'ended while disconnected', by: 'remote' });
+  assert.equal(call.state, 'ended');
+  assert.equal(client.calls.size, 0);
   await client.logout();
   client.close();
 });

@@ -242,17 +242,146 @@ test('3004 is final: no restart, and the connection is checked at once', async (
   handle.statechange(2004);
   assert.equal(handle.statechange(3004), 'ended');
   assert.equal(handle.statechange(-2301), 'ended');
-  // is the call still there? `answer` on an answered call is bad_state, on an ended one call_not_found
-  const verify = await ctx.task.nextFrame();
-  assert.deepEqual([verify.method, verify.params], ['answer', { call: 'cIn' }]);
+  // no probe of the call itself: a ping tells whether the socket still delivers its events
   const ping = await ctx.task.nextFrame();
   assert.equal(ping.method, 'ping');
   await handle.restart();
   assert.deepEqual(player.calls, []);
-  ctx.task.fail(verify, -32014, 'call_not_found');
+  // the ping goes unanswered (the socket died silently): a new socket, and the resume says the
+  // call is gone
+  await tick(60);
+  assert.equal(ctx.client.state, 'reconnecting');
+  const task = await resumeOn(ctx.wx, { session: 'S1', user: '1000', state: 'registered', grace_period: 5, calls: [] });
+  task.answer(await task.nextFrame(), { pong: 1 });
   await tick(1);
   assert.equal(call.state, 'ended');
+  assert.equal(call.end.cause, 'NORMAL_UNSPECIFIED');
   assert.deepEqual(player.calls, ['stop']);
+  assert.deepEqual(ctx.task.sent.map((f) => f.method), ['login', 'ping'], 'no answer sent to probe the call');
+});
+
+/** Two calls (cIn active, cOut calling), the socket lost, a new one opened: `resumeResult` answers the resume. */
+async function dropAndResume(ctx, resumeResult) {
+  ctx.task.serverClose(1006);
+  await tick(20);
+  const task = await resumeOn(ctx.wx, Object.assign({ session: 'S1', user: '1000', state: 'registered', grace_period: 5 }, resumeResult));
+  return task;
+}
+
+test('resume `calls`: a call missing from it ends with a clear cause once the queued events are in', async () => {
+  const ctx = await loggedIn();
+  const call = await withCall(ctx, 'incoming'); // still ringing in: the old probe could not check it
+  const events = collect(ctx.client, ['hangup', 'resumed']);
+  const task = await dropAndResume(ctx, { calls: [] });
+  assert.equal(events[0][0], 'resumed');
+  // the gateway's queued events come before the answer to the ping the SDK sends now
+  const ping = await task.nextFrame();
+  assert.equal(ping.method, 'ping');
+  assert.equal(call.state, 'incoming', 'not ended before the queued events had their chance');
+  task.answer(ping, { pong: 1 });
+  await tick(1);
+  assert.equal(call.state, 'ended');
+  const expected = { call: 'cIn', cause: 'NORMAL_UNSPECIFIED', reason: 'ended while disconnected', by: 'remote' };
+  assert.deepEqual(call.end, expected);
+  assert.deepEqual(events.slice(1), [['hangup', expected]]);
+  assert.equal(ctx.client.calls.size, 0);
+  assert.deepEqual(task.sent.map((f) => f.method), ['resume', 'ping'], 'no request on the ended call');
+});
+
+test('resume `calls`: a queued hangup event keeps its own cause, and is reported once', async () => {
+  const ctx = await loggedIn();
+  const call = await withCall(ctx);
+  const events = collect(ctx.client, ['hangup']);
+  const task = await dropAndResume(ctx, { calls: [] });
+  const ping = await task.nextFrame();
+  task.receive({ jsonrpc: '2.0', method: 'hangup', params: { call: 'cIn', cause: 'NORMAL_CLEARING', by: 'remote' } });
+  task.answer(ping, { pong: 1 });
+  await tick(1);
+  assert.equal(call.end.cause, 'NORMAL_CLEARING');
+  assert.deepEqual(events.map(([, p]) => p.cause), ['NORMAL_CLEARING']);
+});
+
+test('resume `calls`: a differing state is the gateway\'s; stale queued events do not move a call back', async () => {
+  const ctx = await loggedIn();
+  const inbound = await withCall(ctx, 'incoming');
+  const answering = inbound.answer();
+  const frame = await ctx.task.nextFrame();
+  ctx.task.answer(frame, { call: 'cIn' });
+  await answering;
+  assert.equal(inbound.state, 'answering');
+  const p = ctx.client.call('1500');
+  const callFrame = await ctx.task.nextFrame();
+  ctx.task.answer(callFrame, { call: 'cOut', push_url: 'rtmp://h/mp/a', play_url: 'rtmp://h/mp/b' });
+  const outbound = await p;
+  const states = collect(ctx.client, ['callState']);
+  // `answered` (inbound) and `ringing` + `answered` (outbound) were written to the dead socket
+  const task = await dropAndResume(ctx, { calls: [
+    { call: 'cIn', state: 'active', direction: 'inbound' }, { call: 'cOut', state: 'active', direction: 'outbound' }] });
+  assert.equal(inbound.state, 'active');
+  assert.equal(outbound.state, 'active');
+  assert.ok(inbound.answeredAt && outbound.answeredAt);
+  // an event queued before the snapshot arrives after the result: it does not move the call back
+  task.receive({ jsonrpc: '2.0', method: 'ringing', params: { call: 'cOut', status: 180 } });
+  task.receive({ jsonrpc: '2.0', method: 'early_media', params: { call: 'cOut', status: 183 } });
+  assert.equal(outbound.state, 'active');
+  assert.deepEqual(states.map(([, e]) => [e.call.id, e.previous, e.state]), [['cIn', 'answering', 'active'], ['cOut', 'calling', 'active']]);
+  assert.deepEqual(task.sent.map((f) => f.method), ['resume'], 'nothing to end: no ping barrier');
+});
+
+test('resume `calls`: a hold whose result was lost is taken from the gateway', async () => {
+  const ctx = await loggedIn();
+  const call = await withCall(ctx);
+  const held = call.hold();
+  await ctx.task.nextFrame();
+  ctx.task.serverClose(1006);
+  await assert.rejects(held, (err) => err.reason === 'disconnected');
+  assert.equal(call.state, 'active');
+  await tick(20);
+  await resumeOn(ctx.wx, { session: 'S1', user: '1000', state: 'registered', grace_period: 5,
+    calls: [{ call: 'cIn', state: 'held', direction: 'inbound' }] });
+  assert.equal(call.state, 'held');
+});
+
+test('resume `calls`: a hangup held while reconnecting for a call that ended meanwhile resolves, nothing sent', async () => {
+  const ctx = await loggedIn();
+  const call = await withCall(ctx);
+  ctx.task.serverClose(1006);
+  const p = call.hangup();
+  const task = await dropAndResume(ctx, { calls: [] });
+  task.answer(await task.nextFrame(), { pong: 1 });
+  assert.deepEqual(await p, {});
+  assert.equal(call.end.by, 'local');
+  assert.deepEqual(task.sent.map((f) => f.method), ['resume', 'ping']);
+});
+
+test('a resume result without `calls` (an older gateway) changes no call', async () => {
+  const ctx = await loggedIn();
+  const call = await withCall(ctx);
+  await dropAndResume(ctx, { calls: undefined });
+  await tick(5);
+  assert.equal(call.state, 'active');
+});
+
+test('grace_period of the login result replaces the gracePeriod option; it is stored for a cold restart', async () => {
+  const storage = new Map();
+  const { wx, client } = makeClient({ reconnect: Object.assign({}, RECONNECT, { gracePeriod: 60000 }) }, storage);
+  const p = client.connect();
+  wx.last.open();
+  await p;
+  const q = client.login({ user: '1000', password: '1234' });
+  wx.last.answer(await wx.last.nextFrame(), { session: 'S1', user: '1000', expires: 600, grace_period: 2 });
+  await q;
+  assert.equal(client.gracePeriod, 2000);
+  assert.equal(wx.getStorageSync('mpb2bua.session').serverGrace, 2000);
+  // a cold restart 2.5 s later: past the gateway's grace, though within the option's 60 s
+  const saved = wx.getStorageSync('mpb2bua.session');
+  saved.seenAt -= 2500;
+  storage.set('mpb2bua.session', JSON.stringify(saved));
+  const again = makeClient({ reconnect: Object.assign({}, RECONNECT, { gracePeriod: 60000 }) }, storage);
+  assert.equal(again.client.session, null);
+  // and from a resume result
+  const other = makeClient({ reconnect: Object.assign({}, RECONNECT, { gracePeriod: 60000 }) });
+  assert.equal(other.client.gracePeriod, 60000, 'the option until the gateway has told');
 });
 
 test('call objects follow the states of protocol.md 7.2 and the quality indicator', async () => {
