@@ -76,6 +76,7 @@ class Call:
         self.media_timeout: str | None = None  # why the watchdog ended it ("no RTP for 60 s")
         self.players = None  # the play key's PlayerGroup
         self.ring_group: RingGroup | None = None  # inbound, until answered: the user's other sessions
+        self.announced: dict[str, Any] | None = None  # inbound: the `incoming` event's caller members
         self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
         self.video_header: bytes | None = None
         self._timer = None
@@ -432,12 +433,18 @@ class CallManager:
         call.players = self.streams.add(call.media.play_key, "play", call).group
 
     def live_calls(self, session: Session) -> list[dict[str, Any]]:
-        """The session's calls as ``resume`` reports them."""
-        return [
-            {"call": c.id, "state": c.state, "direction": c.direction}
-            for c in self._session_calls(session)
-            if c.state != "ended"
-        ]
+        """The session's calls as ``resume`` reports them: enough to pick up a call whose
+        ``incoming`` event or ``call`` result was lost with a dead socket."""
+        out = []
+        for c in self._session_calls(session):
+            if c.state == "ended":
+                continue
+            entry = {"call": c.id, "state": c.state, "direction": c.direction,
+                     "push_url": c.media.push_url, "play_url": c.media.play_url}
+            if c.state == "incoming" and c.announced:
+                entry.update((k, v) for k, v in c.announced.items() if v is not None)
+            out.append(entry)
+        return out
 
     def session_ended(self, session: Session) -> None:
         for call in self._session_calls(session):
@@ -578,21 +585,17 @@ class CallManager:
             self.calls[call.id] = call
             self._register_streams(call)
             self.m_started.labels("inbound").inc()
-            call.event(
-                "incoming",
-                **{
-                    "from": caller.uri.user if caller else None,
-                    "from_uri": str(caller.uri) if caller else None,
-                    "display": caller.display if caller else None,
-                    # the user the INVITE reached (its To names our Contact, as FreeSWITCH's
-                    # user/1000 does, or whatever the caller dialled)
-                    "to": session.user,
-                    "video": media.has_video,  # what our answer accepted, not what was offered
-                    "headers": headers,
-                    "push_url": media.push_url,
-                    "play_url": media.play_url,
-                },
-            )
+            call.announced = {
+                "from": caller.uri.user if caller else None,
+                "from_uri": str(caller.uri) if caller else None,
+                "display": caller.display if caller else None,
+                # the user the INVITE reached (its To names our Contact, as FreeSWITCH's
+                # user/1000 does, or whatever the caller dialled)
+                "to": session.user,
+                "video": media.has_video,  # what our answer accepted, not what was offered
+                "headers": headers,
+            }
+            call.event("incoming", **call.announced, push_url=media.push_url, play_url=media.play_url)
             call.start_timer(self.config.calls.ring_timeout, lambda call=call: self._ring_timeout(call))
         group.invite.ring()
 

@@ -435,11 +435,33 @@ def test_resume_lists_the_live_calls(gateway, far):
     )
     again = yield WsClient.connect(gateway.ws_url)
     resumed = yield again.request("resume", {"session": login["session"]})
-    assert resumed["calls"] == [{"call": result["call"], "state": "active", "direction": "outbound"}]
+    assert resumed["calls"] == [{
+        "call": result["call"], "state": "active", "direction": "outbound",
+        "push_url": result["push_url"], "play_url": result["play_url"],
+    }]
     yield sleep(0.3)
     yield again.request("hangup", {"call": result["call"]})
     yield again.wait_event("hangup")
     assert (yield exit_code(phone)) == 0, phone.explain()
     resumed = yield again.request("ping")
     assert no_leaks(gateway)
+    yield again.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_lists_a_ringing_call_whose_incoming_event_was_lost(gateway, far):
+    client = yield WsClient.connect(gateway.ws_url)
+    login = yield client.request("login", {"user": "1000", "password": "1234"})
+    client.drop()  # the socket dies before the INVITE comes: its incoming event is queued
+    caller = far("uac_call.xml", register=False, variables={"callee": "1000", "hold_ms": "300"})
+    yield wait_until(lambda: gateway.node.calls.calls, timeout=10, what="the INVITE")
+    again = yield WsClient.connect(gateway.ws_url)
+    resumed = yield again.request("resume", {"session": login["session"]})
+    (entry,) = resumed["calls"]
+    assert entry["state"] == "incoming" and entry["direction"] == "inbound"
+    assert entry["from"] == "1500" and entry["to"] == "1000" and entry["video"] is False
+    assert entry["play_url"].startswith("rtmp://") and entry["push_url"].startswith("rtmp://")
+    yield again.request("answer", {"call": entry["call"]})
+    yield again.wait_event("hangup")
+    assert (yield exit_code(caller)) == 0, caller.explain()
     yield again.close()
