@@ -405,10 +405,17 @@ class AudioBridge:
         sps = [n for n in unit.nalus if h264.nal_type(n) == 7]
         pps = [n for n in unit.nalus if h264.nal_type(n) == 8]
         if sps and pps:
-            record = flv.AVCDecoderConfigurationRecord.from_sps_pps(sps, pps)
-            if record != self._avc_out:
+            try:
+                record = flv.AVCDecoderConfigurationRecord.from_sps_pps(sps, pps)
+                header = flv.build_avc_sequence_header(record) if record != self._avc_out else None
+            except flv.FlvError:
+                # parameter sets no AVC record can hold (a truncated SPS, 32 of them): the far
+                # end's garbage, counted like other bad RTP, never a traceback per packet
+                self.stats.rtp_bad += 1
+                return
+            if header is not None:
                 self._avc_out = record
-                self.players.set_video_header(flv.build_avc_sequence_header(record))
+                self.players.set_video_header(header)
         if self._avc_out is None:
             return  # no parameter sets yet: a player could not decode anything
         nalus = [n for n in unit.nalus if h264.nal_type(n) not in (7, 8, 9)]
