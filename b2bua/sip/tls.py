@@ -20,8 +20,9 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 
@@ -128,17 +129,12 @@ def load_tls(sip: SipConfig) -> TlsSettings | None:
         certs = _read_certificates(sip.tls_cert_file, "sip.tls_cert_file")
         key_pem = _read(sip.tls_key_file, "sip.tls_key_file")
         try:
-            key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+            key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
         except Exception as e:  # OpenSSL.crypto.Error and friends
             raise ConfigError(f"sip.tls_key_file: not a PEM private key ({_first_line(e)})") from None
-        leaf = ssl.Certificate(certs[0])
-        client = ssl.PrivateCertificate.fromCertificateAndKeyPair(leaf, key)
         try:
-            ctx = SSL.Context(SSL.TLS_METHOD)
-            ctx.use_certificate(client.original)
-            ctx.use_privatekey(key.original)
-            ctx.check_privatekey()
-        except SSL.Error:
+            client = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0]), key)
+        except VerifyError:
             raise ConfigError("sip.tls_key_file: the key does not match sip.tls_cert_file") from None
         chain = tuple(ssl.Certificate(c) for c in certs[1:])
     pins = []
@@ -183,8 +179,6 @@ def _read_certificates(path: str, key: str) -> list:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise ConfigError(f"{key}: {path}: no PEM certificate ({_first_line(e)})") from None
-    from OpenSSL import crypto
-
     return [crypto.X509.from_cryptography(c) for c in certs]
 
 

@@ -28,6 +28,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.internet.interfaces import IHandshakeListener, IReactorTCP, IReactorTime, IReactorUDP
 from twisted.logger import Logger
@@ -517,6 +518,7 @@ class _TcpProtocol(protocol.Protocol):
         self.tls = tls
         self.up = not tls  # TLS: once the handshake (and the pin check) succeeded
         self.error: str | None = None  # why we closed it during the handshake
+        self.received = False  # any byte from the peer yet
         self.framer = StreamFramer()
         self.peer_key: tuple[str, int] | None = None
         self.pool: str | None = None  # "trusted" or "other" while counted
@@ -572,6 +574,7 @@ class _TcpProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._touch()
+        self.received = True
         peer = self.transport.getPeer()
         source = Target("TLS" if self.tls else "TCP", peer.host, peer.port)
         try:
@@ -597,7 +600,11 @@ class _TcpProtocol(protocol.Protocol):
             del self.owner._conns[self.peer_key]
         if not self.outgoing or self.peer_key is None:
             return
-        if self.up:
+        # TLS 1.3 ends the client's handshake before the server has checked our certificate: a
+        # TLS alert before the server's first byte (no or a refused client certificate) is a
+        # failed connect too, not the loss of a connection that worked
+        refused = self.tls and not self.received and isinstance(reason.value, SSL.Error)
+        if self.up and not refused:
             self.owner._lost(self)
         else:  # the TLS handshake or our checks failed: the connection never was
             self.owner._connect_failed(self.peer_key, self.error or reason, "TLS")
