@@ -63,7 +63,7 @@ def test_server_name_defaults_to_the_pbx_host(pki):
         ({"tls_ca_file": "missing.pem"}, "sip.tls_ca_file: .*missing.pem: No such file"),
         ({"tls_ca_file": "pki/ca.key"}, "sip.tls_ca_file"),  # a key, not a certificate
         ({"tls_cert_file": "pki/gw.pem"}, "sip.tls_key_file: sip.tls_cert_file and sip.tls_key_file go"),
-        ({"tls_cert_file": "pki/gw.pem", "tls_key_file": "pki/pbx.key"}, "sip.tls_key_file: the key does not"),
+        ({"tls_cert_file": "pki/gw.pem", "tls_key_file": "pki/pbx.key"}, "sip.tls_key_file: the key does"),
         ({"tls_cert_file": "pki/gw.pem", "tls_key_file": "pki/gw.pem"}, "sip.tls_key_file: not a PEM"),
         ({"tls_pin_sha256": ["nope"]}, "sip.tls_pin_sha256"),
         ({"transports": ["udp", "tls"]}, "sip.tls_cert_file: a TLS listener"),
@@ -94,7 +94,8 @@ def test_relative_tls_paths_resolve_against_the_config_folder(pki):
 def _options(transport: str = "TLS", method: str = "OPTIONS") -> Request:
     return parse_message(
         (
-            f"{method} sip:pbx@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} 127.0.0.1:9;branch=z9hG4bKt1;rport\r\n"
+            f"{method} sip:pbx@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/{transport} 127.0.0.1:9;branch=z9hG4bKt1;rport\r\n"
             "From: <sip:gw@127.0.0.1>;tag=1\r\nTo: <sip:pbx@127.0.0.1>\r\nCall-ID: t1@t\r\n"
             f"CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
         ).encode()
@@ -261,7 +262,8 @@ def test_client_certificate_shown_when_the_server_asks(nodes, pki):
         caCerts=[ca.original],
         requireCertificate=True,
     )
-    listener = reactor.listenSSL(0, protocol.ServerFactory.forProtocol(Server), options, interface="127.0.0.1")
+    factory = protocol.ServerFactory.forProtocol(Server)
+    listener = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
     target = Target("TLS", "127.0.0.1", listener.getHost().port)
     try:
         anonymous = nodes(_tls(pki))
@@ -283,7 +285,8 @@ def test_tls_listener_keeps_the_tcp_limits_for_strangers(nodes, pki):
     pbx_like = _pbx(nodes, pki, limits=TcpLimits(max_per_address=1, first_message_timeout=30))
     pbx_like.t.is_trusted = lambda host: host == "127.0.0.9"  # nobody here is the PBX
     port = pbx_like.t.tls_port
-    client = ssl.optionsForClientTLS("127.0.0.1", trustRoot=ssl.Certificate.loadPEM(pki["ca"].cert_path.read_text()))
+    ca = ssl.Certificate.loadPEM(pki["ca"].cert_path.read_text())
+    client = ssl.optionsForClientTLS("127.0.0.1", trustRoot=ca)
     made = []
     for _ in range(3):
         conn = yield protocol.ClientCreator(reactor, protocol.Protocol).connectSSL(
