@@ -32,7 +32,7 @@ Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Seconds0 = Annotated[float, Field(ge=0)]  # 0 = off
 Port = Annotated[int, Field(ge=1, le=65535)]
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls"]
 AUDIO_CODECS = ("pcmu", "pcma", "g722", "opus")
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -55,7 +55,7 @@ def _aac_rate(rate: int) -> int:
 
 def _transports(items: list[str]) -> list[str]:
     if not items or len(set(items)) != len(items):
-        raise ValueError("a non-empty list of udp and/or tcp, without repeats")
+        raise ValueError("a non-empty list of udp, tcp and/or tls, without repeats")
     return items
 
 
@@ -163,7 +163,20 @@ class SipConfig(_Section):
         default_factory=lambda: ["udp", "tcp"]
     )
     pbx: Annotated[str, Field(min_length=1)] = "127.0.0.1:5060"  # every request goes there
-    pbx_transport: Transport = "udp"
+    pbx_transport: Transport = "udp"  # tls: SIP over TLS (RFC 3261 §26), see the tls_* keys
+    # SIP over TLS (b2bua/sip/tls.py; docs/operations.md "SIP over TLS"): the PBX's certificate is
+    # verified against tls_ca_file (PEM; the system's store when unset) and the name tls_server_name
+    # (the PBX host when unset; an IP address must be an IP SAN), TLS 1.2 or later
+    tls_ca_file: str | None = None
+    tls_server_name: Annotated[str, Field(min_length=1)] | None = None
+    # SHA-256 of the PBX certificate's SubjectPublicKeyInfo: base64 (44 characters) or 64 hex
+    # digits; when set, one must match (on top of the CA and name checks)
+    tls_pin_sha256: list[str] = field(default_factory=list)
+    # PEM certificate (with its chain) and key: shown when the PBX asks for a client certificate,
+    # and the certificate of the TLS listener (transports: [..., tls])
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_listen_port: Annotated[int, Field(ge=0, le=65535)] = 5071  # the TLS listener's; 0: any free port
     domain: str | None = None  # AOR domain; the PBX host when unset
     registrar_uri: str | None = None  # Request-URI of REGISTER; sip:<pbx> when unset
     pbx_addresses: list[str] = field(default_factory=list)  # more source addresses allowed to send requests
@@ -200,6 +213,11 @@ class SipConfig(_Section):
             raise ConfigError(
                 f"sip.session_expires: 0 (off) or 90 to 86400 seconds, got {self.session_expires!r}"
             )
+        if "tls" in self.transports:
+            if not self.tls_cert_file:
+                raise ConfigError("sip.tls_cert_file: a TLS listener (transports: tls) needs a certificate")
+            if self.tls_listen_port and self.tls_listen_port == self.listen_port:
+                raise ConfigError("sip.tls_listen_port: not sip.listen_port (UDP and TCP use it)")
 
 
 @dataclass
@@ -291,15 +309,26 @@ def load_config(path: str | Path | None) -> Config:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: {e}") from None
     config = _build(Config, data, "")
-    validate(config)
     config.base_dir = path.resolve().parent
+    for key in TLS_FILE_KEYS:
+        value = getattr(config.sip, key)
+        if value:
+            setattr(config.sip, key, str(config.resolve(value)))
+    validate(config)
     return config
+
+
+#: sip keys that name files: relative paths resolve against the config file's folder
+TLS_FILE_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
 def validate(config: Config) -> None:
     """Checks of values beyond their types (raises :class:`ConfigError`)."""
     dns_servers(config.sip)
     digest_realms(config.sip)
+    from b2bua.sip.tls import load_tls  # it builds on this module
+
+    load_tls(config.sip)  # TLS files readable, key matching the certificate, pins well formed
 
 
 def dns_servers(sip: SipConfig) -> list[tuple[str, int]]:

@@ -44,7 +44,7 @@ def test_file_values_are_validated(tmp_path):
         ("media:\n  codecs: [G729]\n", "media.codecs: unknown codec(s) G729"),
         ("media:\n  aac_sample_rate: 12345\n", "media.aac_sample_rate: an AAC sample rate"),
         ("sip:\n  t1: -1\n", "sip.t1: Input should be greater than 0"),
-        ("sip:\n  pbx_transport: tls\n", "sip.pbx_transport: Input should be 'udp' or 'tcp'"),
+        ("sip:\n  pbx_transport: sctp\n", "sip.pbx_transport: Input should be 'udp', 'tcp' or 'tls'"),
         ("sip:\n  listen_port: 70000\n", "sip.listen_port"),
         ("sip:\n  transports: []\n", "sip.transports"),
         ("media:\n  dtmf: tones\n", "media.dtmf"),

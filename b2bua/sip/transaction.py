@@ -619,6 +619,23 @@ class TransactionLayer:
         tx._start()
         return tx
 
+    def connection_failed(self, target: Target, reason: str) -> int:
+        """A connection to ``target`` could not be made (refused, TLS handshake): the client
+        transactions sent there and still without any response end now with a local 503 whose
+        reason phrase names the cause (RFC 3261 §8.1.3.1), not at Timer B/F. Returns how many."""
+        failed = [
+            tx for tx in self._clients.values()
+            if tx.target == target and tx.state in (CALLING, TRYING)
+        ]
+        printable = "".join(c if 32 <= ord(c) < 127 else "?" for c in reason)[:160]
+        phrase = f"Service Unavailable ({printable})"
+        for tx in failed:
+            tx._terminate()
+            response = tx._local_response(503)
+            response.reason = phrase
+            tx._notify(response)
+        return len(failed)
+
     # ---- incoming
 
     def message_received(self, message: Request | Response, source: Target) -> None:

@@ -1,4 +1,4 @@
-"""SIP over UDP and TCP (RFC 3261 §18) on Twisted.
+"""SIP over UDP, TCP and TLS (RFC 3261 §18, §26) on Twisted.
 
 The only SIP code that touches sockets: it frames and parses what arrives and
 hands whole messages to one handler; it serializes and sends what it is given.
@@ -11,6 +11,15 @@ the PBX, or to a dialog's remote target) and those accepted from a PBX address, 
 ``TcpLimits.max_inbound`` in total and ``max_per_address`` per address. Every accepted
 connection must deliver a whole message within ``first_message_timeout``; one from a
 non-PBX address is closed after ``idle_timeout`` without data.
+
+TLS is TCP with Twisted's TLS layer on top (settings and checks in :mod:`b2bua.sip.tls`): the
+same pools, limits, reuse and framing. A connection of ours that cannot be made (refused, TLS
+handshake or certificate check failed) is reported with ``on_connect_failed`` so that the
+transactions waiting on it end at once; one that was up and is lost, with ``on_connection_lost``,
+so that the registrations it carried are renewed over a new one. Connections are keyed by
+(host, port): a host never serves TCP and TLS on one port. Requests the PBX sends over a
+connection we opened (the one our REGISTER went over) are received like any other, and the
+responses go back over it.
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from OpenSSL import SSL
 from twisted.internet import protocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IHandshakeListener, IReactorTCP, IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from b2bua.sip.ratelog import RateLimitedLog
+from b2bua.sip.tls import TlsSettings, describe_failure
 from b2bua.sip.transaction import Target, TransportError
 from b2bua.wire.sip import (
     MAX_MESSAGE_SIZE,
@@ -97,7 +109,8 @@ TCP_EVENTS = ("total", "per_address", "pbx_pool_full", "first_message_timeout", 
 
 
 class SipTransport:
-    """UDP and TCP listeners on one address, plus outgoing TCP connections, for one SIP node."""
+    """UDP and TCP listeners on one address (and a TLS one on ``tls_port``), plus outgoing TCP
+    and TLS connections, for one SIP node."""
 
     def __init__(
         self,
@@ -113,10 +126,19 @@ class SipTransport:
         ratelog: RateLimitedLog | None = None,
         on_tcp_event: Callable[[str], None] | None = None,
         on_dropped: Callable[[Target], None] | None = None,
+        tls: TlsSettings | None = None,
+        tls_port: int = 5071,
+        on_connect_failed: Callable[[Target, str], None] | None = None,
+        on_connection_lost: Callable[[Target], None] | None = None,
+        keep_open: Callable[[Target], bool] = lambda target: False,
     ) -> None:
         """``is_trusted(host)``: whether an address is the PBX's (see the module's docstring);
         ``on_tcp_event(reason)``: a connection refused or closed by the limits (TCP_EVENTS);
-        ``on_dropped(source)``: a message from a non-PBX address dropped unread (over the rate)."""
+        ``on_dropped(source)``: a message from a non-PBX address dropped unread (over the rate);
+        ``tls``: enables sending over TLS (and the TLS listener when ``transports`` has it);
+        ``on_connect_failed(target, why)``: a connection of ours could not be made;
+        ``on_connection_lost(target)``: a connection of ours that was up is gone;
+        ``keep_open(target)``: a connection of ours that is never closed for being idle."""
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -143,6 +165,14 @@ class SipTransport:
         self._local_cache: dict[str, str] = {}
         self.udp_receive_buffer = udp_receive_buffer
         self.udp_receive_buffer_granted: int | None = None  # what the kernel gave (it doubles, caps)
+        self.tls = tls
+        self.tls_port = tls_port
+        self._tls_port = None
+        self._tls_creator = None  # made once, on the first TLS connect
+        self.on_connect_failed = on_connect_failed
+        self.on_connection_lost = on_connection_lost
+        self.keep_open = keep_open
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,15 +189,28 @@ class SipTransport:
                 self.port, _TcpFactory(self), backlog=TCP_BACKLOG, interface=self.host
             )
             self._ports.append(self._tcp_port)
+        if "TLS" in self.transports:
+            if self.tls is None:
+                raise ValueError("a TLS listener needs TLS settings")
+            self._tls_port = self.reactor.listenSSL(
+                self.tls_port,
+                _TcpFactory(self, tls=True),
+                self.tls.server_options(),
+                backlog=TCP_BACKLOG,
+                interface=self.host,
+            )
+            self._ports.append(self._tls_port)
+            self.tls_port = self._tls_port.getHost().port
 
     def stop(self):
         from twisted.internet.defer import DeferredList, maybeDeferred
 
+        self._stopping = True
         for conn in list(self._conns.values()):
             conn.transport.loseConnection()
         ds = [maybeDeferred(p.stopListening) for p in self._ports]
         self._ports = []
-        self._udp = self._tcp_port = None
+        self._udp = self._tcp_port = self._tls_port = None
         return DeferredList(ds)
 
     # -- addresses ---------------------------------------------------------------------------------------
@@ -184,6 +227,14 @@ class SipTransport:
             self._local_cache[target.host] = cached
         return cached
 
+    def port_for(self, transport: str) -> int:
+        """Our port for Via and Contact over ``transport``: the TLS listener's for TLS when there
+        is one, else the UDP/TCP port (a TLS Contact without a listener is reached over the
+        connection that carried the REGISTER)."""
+        if transport.upper() == "TLS" and "TLS" in self.transports:
+            return self.tls_port
+        return self.port
+
     # -- sending -----------------------------------------------------------------------------------------
     def send(self, message: Request | Response, target: Target) -> None:
         data = bytes(message)
@@ -197,7 +248,8 @@ class SipTransport:
             except OSError as e:
                 raise TransportError(str(e)) from e
             return
-        if target.transport != "TCP":
+        tls = target.transport == "TLS"
+        if target.transport != "TCP" and not (tls and self.tls is not None):
             raise TransportError(f"transport {target.transport} not enabled")
         key = (target.host, target.port)
         conn = self._conns.get(key)
@@ -215,12 +267,20 @@ class SipTransport:
         if self._trusted + len(self._pending) >= MAX_TCP_CONNECTIONS:
             raise TransportError("too many TCP connections")
         self._pending[key] = [data]
-        d = protocol.ClientCreator(self.reactor, lambda: _TcpProtocol(self, outgoing=True)).connectTCP(
-            target.host.strip("[]"), target.port, timeout=10
+        creator = protocol.ClientCreator(self.reactor, lambda: _TcpProtocol(self, outgoing=True, tls=tls))
+        host = target.host.strip("[]")
+        if tls:
+            if self._tls_creator is None:
+                self._tls_creator = self.tls.client_creator()
+            d = creator.connectSSL(host, target.port, self._tls_creator, timeout=10)
+        else:
+            d = creator.connectTCP(host, target.port, timeout=10)
+        d.addCallbacks(
+            lambda conn: self._connected(key, conn), lambda f: self._connect_failed(key, f, target.transport)
         )
-        d.addCallbacks(lambda conn: self._connected(key, conn), lambda f: self._connect_failed(key, f))
 
     def _connected(self, key: tuple[str, int], conn: _TcpProtocol) -> None:
+        # over TLS the handshake is still to come: what is written now waits for it
         conn.peer_key = key
         conn.pool = "trusted"
         self._trusted += 1
@@ -229,18 +289,28 @@ class SipTransport:
         for data in self._pending.pop(key, []):
             conn.transport.write(data)
 
-    def _connect_failed(self, key: tuple[str, int], failure: Failure) -> None:
+    def _connect_failed(self, key: tuple[str, int], failure: Failure | str, transport: str) -> None:
+        """A connection of ours could not be made, or (TLS) its handshake or checks failed."""
         dropped = self._pending.pop(key, [])
         if len(self.connect_errors) >= MAX_CONNECT_ERRORS:
             self.connect_errors.pop(next(iter(self.connect_errors)))
-        self.connect_errors[key] = failure.getErrorMessage()
-        # The transactions waiting on these messages time out by themselves (Timer B/F).
+        error = failure if isinstance(failure, str) else describe_failure(failure)
+        self.connect_errors[key] = error
         log.warn(
-            "SIP TCP connect to {peer} failed: {err}; {n} message(s) dropped",
+            "SIP {transport} connect to {peer} failed: {err}; {n} message(s) dropped",
+            transport=transport,
             peer=f"{key[0]}:{key[1]}",
-            err=failure.getErrorMessage(),
+            err=error,
             n=len(dropped),
         )
+        # the transactions waiting on it end now rather than at Timer B/F
+        if self.on_connect_failed is not None and not self._stopping:
+            self.on_connect_failed(Target(transport, *key), error)
+
+    def _lost(self, conn: _TcpProtocol) -> None:
+        """A connection of ours that was up is gone (the PBX restarted, a NAT forgot it...)."""
+        if self.on_connection_lost is not None and not self._stopping and conn.peer_key is not None:
+            self.on_connection_lost(Target("TLS" if conn.tls else "TCP", *conn.peer_key))
 
     # -- receiving ---------------------------------------------------------------------------------------
     def datagram(self, data: bytes, source: Target) -> None:
@@ -369,6 +439,8 @@ class SipTransport:
             out["udp"] = self._udp is not None and self._udp.transport is not None
         if "TCP" in self.transports:
             out["tcp"] = self._tcp_port is not None and bool(getattr(self._tcp_port, "connected", True))
+        if "TLS" in self.transports:
+            out["tls"] = self._tls_port is not None and bool(getattr(self._tls_port, "connected", True))
         return out
 
 
@@ -436,10 +508,17 @@ class _UdpProtocol(protocol.DatagramProtocol):
             log.failure("UDP datagram handling failed")
 
 
+@implementer(IHandshakeListener)
 class _TcpProtocol(protocol.Protocol):
-    def __init__(self, owner: SipTransport, outgoing: bool = False):
+    """A SIP stream connection, TCP or (``tls``) TLS; ours (``outgoing``) or accepted."""
+
+    def __init__(self, owner: SipTransport, outgoing: bool = False, tls: bool = False):
         self.owner = owner
         self.outgoing = outgoing  # outgoing connections are registered by SipTransport._connected
+        self.tls = tls
+        self.up = not tls  # TLS: once the handshake (and the pin check) succeeded
+        self.error: str | None = None  # why we closed it during the handshake
+        self.received = False  # any byte from the peer yet
         self.framer = StreamFramer()
         self.peer_key: tuple[str, int] | None = None
         self.pool: str | None = None  # "trusted" or "other" while counted
@@ -459,6 +538,21 @@ class _TcpProtocol(protocol.Protocol):
             )
         self._touch()
 
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        if self.outgoing and self.owner.tls is not None:
+            cert = self.transport.getPeerCertificate()
+            try:
+                self.owner.tls.check_pin(cert.to_cryptography() if cert is not None else None)
+            except Exception as e:
+                self.error = describe_failure(e)
+                self.transport.abortConnection()
+                return
+        self.up = True
+
+    @property
+    def target(self) -> Target | None:
+        return Target("TLS" if self.tls else "TCP", *self.peer_key) if self.peer_key else None
+
     def _idle_timeout(self) -> float:
         return self.owner.limits.idle_timeout if self.pool == "other" else TCP_IDLE_TIMEOUT
 
@@ -470,6 +564,9 @@ class _TcpProtocol(protocol.Protocol):
 
     def _timed_out(self, reason: str) -> None:
         if self.pool != "other" and reason == "idle_timeout":
+            if self.outgoing and self.target is not None and self.owner.keep_open(self.target):
+                self._touch()  # it carries registrations: the PBX reaches the users over it
+                return
             self.transport.loseConnection()  # ours or the PBX's, quiet for TCP_IDLE_TIMEOUT
             return
         self.owner.tcp_event(reason, self.transport.getPeer().host)
@@ -477,8 +574,9 @@ class _TcpProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self._touch()
+        self.received = True
         peer = self.transport.getPeer()
-        source = Target("TCP", peer.host, peer.port)
+        source = Target("TLS" if self.tls else "TCP", peer.host, peer.port)
         try:
             messages = self.framer.feed(data)
         except SipParseError as e:
@@ -500,12 +598,23 @@ class _TcpProtocol(protocol.Protocol):
             self.owner._release(self, self.peer_key[0] if self.peer_key else self.transport.getPeer().host)
         if self.peer_key is not None and self.owner._conns.get(self.peer_key) is self:
             del self.owner._conns[self.peer_key]
+        if not self.outgoing or self.peer_key is None:
+            return
+        # TLS 1.3 ends the client's handshake before the server has checked our certificate: a
+        # TLS alert before the server's first byte (no or a refused client certificate) is a
+        # failed connect too, not the loss of a connection that worked
+        refused = self.tls and not self.received and isinstance(reason.value, SSL.Error)
+        if self.up and not refused:
+            self.owner._lost(self)
+        else:  # the TLS handshake or our checks failed: the connection never was
+            self.owner._connect_failed(self.peer_key, self.error or reason, "TLS")
 
 
 class _TcpFactory(protocol.ServerFactory):
-    def __init__(self, owner: SipTransport):
+    def __init__(self, owner: SipTransport, tls: bool = False):
         self.owner = owner
+        self.tls = tls
         self.noisy = False
 
     def buildProtocol(self, addr) -> _TcpProtocol:  # noqa: N802
-        return _TcpProtocol(self.owner)
+        return _TcpProtocol(self.owner, tls=self.tls)

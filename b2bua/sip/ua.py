@@ -28,6 +28,7 @@ from b2bua.sip.invite import InviteSession
 from b2bua.sip.ratelog import RateLimitedLog
 from b2bua.sip.registration import Registration, RegistrationListener
 from b2bua.sip.resolver import PbxLocator, make_resolver
+from b2bua.sip.tls import load_tls
 from b2bua.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
@@ -96,6 +97,7 @@ class SipStack:
         )
         self._pbx_moved()
         self.ratelog = RateLimitedLog(reactor, config.log_limit, config.log_limit_interval)
+        self.tls = load_tls(config)  # None unless the PBX transport or a listener is TLS
         self.transport = SipTransport(
             reactor,
             config.listen_host,
@@ -115,6 +117,11 @@ class SipStack:
             ratelog=self.ratelog,
             on_tcp_event=self._tcp_event,
             on_dropped=lambda source: self._m_dropped.inc(),
+            tls=self.tls,
+            tls_port=config.tls_listen_port,
+            on_connect_failed=self._connect_failed,
+            on_connection_lost=self._connection_lost,
+            keep_open=self._keep_open,
         )
         self.transactions = TransactionLayer(reactor, self, self, Timers(T1=config.t1))
         self.registrations: dict[str, Registration] = {}
@@ -137,10 +144,11 @@ class SipStack:
         if self.pbx_target is not None:
             self._start_keepalive()  # else once the PBX's name has an address
         log.info(
-            "SIP listening on {host}:{port} ({transports}); PBX {pbx}",
+            "SIP listening on {host}:{port} ({transports}{tls}); PBX {pbx}",
             host=self.config.listen_host,
             port=self.transport.port,
-            transports="+".join(self.transport.transports),
+            transports="+".join(t for t in self.transport.transports if t != "TLS"),
+            tls=f", TLS on {self.transport.tls_port}" if "TLS" in self.transport.transports else "",
             pbx=self.pbx_target or f"{self.config.pbx} (resolving)",
         )
 
@@ -169,7 +177,7 @@ class SipStack:
         out["sip_listening"] = self.transport.listening()
         out["sip_tcp_connections"] = self.transport.tcp_counts()
         target = self.pbx_target
-        if self.config.pbx_transport.upper() == "TCP":
+        if self.config.pbx_transport.upper() in ("TCP", "TLS"):
             state = (
                 "unknown" if target is None else self.transport.tcp_connection_to(target.host, target.port)
             )
@@ -184,7 +192,7 @@ class SipStack:
         closed, or no room for a TCP connection to the PBX (see :meth:`health`)."""
         if not self._started or not all(self.transport.listening().values()):
             return False
-        if self.config.pbx_transport.upper() == "TCP" and self.pbx_target is not None:
+        if self.config.pbx_transport.upper() in ("TCP", "TLS") and self.pbx_target is not None:
             target = self.pbx_target
             return self.transport.tcp_connection_to(target.host, target.port) not in ("full", "failed")
         return True
@@ -243,7 +251,8 @@ class SipStack:
     def contact_uri(self, contact_user: str) -> SipUri:
         transport = self.config.pbx_transport.upper()
         params: dict[str, str | None] = {"transport": transport.lower()} if transport != "UDP" else {}
-        return SipUri(host=self.local_host(), user=contact_user, port=self.transport.port, params=params)
+        port = self.transport.port_for(transport)
+        return SipUri(host=self.local_host(), user=contact_user, port=port, params=params)
 
     def new_request(
         self,
@@ -258,7 +267,7 @@ class SipStack:
         to_tag: str | None = None,
     ) -> Request:
         transport = (target or self._pbx()).transport
-        via = Via(transport, self.local_host(target), self.transport.port, {"rport": None})
+        via = Via(transport, self.local_host(target), self.transport.port_for(transport), {"rport": None})
         request = Request(method=method, uri=uri)
         h = request.headers
         h.add("Via", str(via))
@@ -321,6 +330,22 @@ class SipStack:
 
     def _tcp_event(self, reason: str) -> None:
         self._m_tcp_refused.labels(reason).inc()
+
+    # -- stream connections (TCP, TLS) -------------------------------------------------------------------
+    def _connect_failed(self, target: Target, reason: str) -> None:
+        """No connection to ``target`` (refused, TLS check failed): what waits on it fails now,
+        a login with ``pbx_unreachable`` (the reason is logged and in /healthz)."""
+        self.transactions.connection_failed(target, reason)
+
+    def _connection_lost(self, target: Target) -> None:
+        """Our connection to the PBX is gone: the PBX reaches the users over the connection
+        their REGISTER came on, so every registration is renewed (over a new connection)."""
+        if target == self.pbx_target and self.registrations and self._started:
+            log.info("connection to the PBX {pbx} lost: re-registering", pbx=target)
+            self.reregister_all(self.config.reregister_window)
+
+    def _keep_open(self, target: Target) -> bool:
+        return target == self.pbx_target and bool(self.registrations)
 
     # -- dialogs -----------------------------------------------------------------------------------------
     def register_dialog(self, session: InviteSession) -> None:

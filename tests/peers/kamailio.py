@@ -3,6 +3,12 @@
 Users come from a db_text ``subscriber`` table (plain passwords), registrations live in
 memory (usrloc db_mode 0) and are read back with ``kamcmd ul.dump``. A wrong password or an
 unknown user gets 403 after the challenge, like FreeSWITCH.
+
+TLS mode (``tls_cert``/``tls_key`` given; Debian's ``kamailio-tls-modules``): a TLS listener on
+``tls_port`` besides UDP+TCP, with the tls module; a REGISTER that came over TLS is bound to
+its connection (nathelper ``fix_nated_register``), so requests for that user go back over the
+connection the REGISTER came on, as FreeSWITCH does. ``tls_client_ca`` makes it require a
+client certificate signed by that CA.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ listen=udp:@HOST@:@PORT@
 listen=tcp:@HOST@:@PORT@
 auto_aliases=no
 alias="@DOMAIN@:@PORT@"
+@TLS_GLOBALS@
 dns=no
 rev_dns=no
 use_dns_cache=no
@@ -69,6 +76,7 @@ loadmodule "auth.so"
 loadmodule "auth_db.so"
 loadmodule "ctl.so"
 loadmodule "jsonrpcs.so"
+@TLS_MODULES@
 
 modparam("ctl", "binrpc", "unix:@RUNDIR@/ctl")
 # ul.dump of 1000+ contacts is far above the 32 KB default reply size
@@ -94,7 +102,11 @@ request_route {
 
     # in-dialog requests (ACK/BYE/re-INVITE) follow the Record-Route set
     if (has_totag()) {
-        if (loose_route()) { t_relay(); exit; }
+        if (loose_route()) {
+@TLS_INDIALOG@
+            t_relay();
+            exit;
+        }
         if (is_method("ACK")) { if (t_check_trans()) { t_relay(); } exit; }
         sl_send_reply("404", "Not here");
         exit;
@@ -117,6 +129,7 @@ request_route {
     consume_credentials();
 
     if (is_method("REGISTER")) {
+@TLS_REGISTER@
 @REGISTER@
         exit;
     }
@@ -126,9 +139,11 @@ request_route {
     if (uri == myself) {
         if (!lookup("location")) { sl_send_reply("404", "Not Found"); exit; }
     }
+@TLS_INITIAL@
     if (!t_relay()) { sl_reply_error(); }
     exit;
 }
+@TLS_REPLY@
 """
 
 
@@ -143,6 +158,41 @@ _REGISTER_SINGLE = """        if (is_present_hf("Contact")
             exit;
         }
         if (!save("location", "0x04")) { sl_reply_error(); }"""
+
+
+# TLS mode: the listener, the module and its own config file, and REGISTERs over TLS bound to
+# their connection (the received AVP: lookup() then sends over that connection)
+_TLS_GLOBALS = """enable_tls=yes
+listen=tls:@HOST@:@TLS_PORT@
+alias="@DOMAIN@:@TLS_PORT@"
+"""
+_TLS_MODULES = """loadmodule "tls.so"
+loadmodule "nathelper.so"
+modparam("tls", "config", "@TLS_CFG@")
+modparam("nathelper", "received_avp", "$avp(RECEIVED)")
+modparam("registrar", "received_avp", "$avp(RECEIVED)")
+"""
+_TLS_REGISTER = """        if (proto == TLS) { fix_nated_register(); }"""
+# a Contact that came over TLS gets an alias naming the connection (nathelper), which in-dialog
+# requests toward it (ACK, BYE, re-INVITE) follow: the party behind it has no TLS listener
+_TLS_INDIALOG = """            handle_ruri_alias();"""
+_TLS_INITIAL = """    if (proto == TLS) { add_contact_alias(); }"""
+_TLS_REPLY = """onreply_route {
+    if (proto == TLS) { add_contact_alias(); }
+}"""
+_TLS_CFG = """[server:default]
+method = TLSv1.2+
+verify_certificate = @VERIFY@
+require_certificate = @VERIFY@
+private_key = @KEY@
+certificate = @CERT@
+@CA_LIST@
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+"""
 
 
 def module_dir() -> str:
@@ -183,6 +233,9 @@ class Kamailio:
         max_expires: int = 3600,
         single_binding: bool = False,
         realm: str | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_client_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self.tmpdir = Path(tmpdir)
         self.users = [str(u) for u in users]
@@ -193,8 +246,10 @@ class Kamailio:
         self.default_expires = default_expires
         self.max_expires = max_expires
         self.single_binding = single_binding
+        self.tls_cert, self.tls_key, self.tls_client_ca = tls_cert, tls_key, tls_client_ca
         self._host = "127.0.0.1"
         self._port: int | None = None
+        self._tls_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
         self._short_rundir: str | None = None
@@ -218,6 +273,13 @@ class Kamailio:
         if self._port is None:
             raise KamailioError("Kamailio has not been started")
         return self._port
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port (TLS mode only)."""
+        if self._tls_port is None:
+            raise KamailioError("Kamailio has not been started in TLS mode")
+        return self._tls_port
 
     @property
     def uri(self) -> str:
@@ -248,6 +310,8 @@ class Kamailio:
             raise KamailioError("kamailio binary not found")
         if self._port is None:
             self._port = free_port("both")
+        if self.tls_cert is not None and self._tls_port is None:
+            self._tls_port = free_port("tcp")
         self._write_files()
         self._log_file = open(self.log_path, "ab")  # closed in stop()
         cmd = [
@@ -427,8 +491,24 @@ class Kamailio:
             extra.append(f'modparam("registrar", "min_expires", {int(self.min_expires)})')
         if self.default_expires is not None:
             extra.append(f'modparam("registrar", "default_expires", {int(self.default_expires)})')
+        tls = self.tls_cert is not None
+        if tls:
+            tls_cfg = self.tmpdir / "tls.cfg"
+            verify = "yes" if self.tls_client_ca else "no"
+            ca_list = f"ca_list = {self.tls_client_ca}" if self.tls_client_ca else ""
+            text = _TLS_CFG.replace("@VERIFY@", verify).replace("@CA_LIST@", ca_list)
+            text = text.replace("@KEY@", str(self.tls_key)).replace("@CERT@", str(self.tls_cert))
+            tls_cfg.write_text(text)
         cfg = _CONFIG
         for key, value in {
+            "@TLS_GLOBALS@": _TLS_GLOBALS if tls else "",
+            "@TLS_MODULES@": _TLS_MODULES if tls else "",
+            "@TLS_REGISTER@": _TLS_REGISTER if tls else "",
+            "@TLS_INDIALOG@": _TLS_INDIALOG if tls else "",
+            "@TLS_INITIAL@": _TLS_INITIAL if tls else "",
+            "@TLS_REPLY@": _TLS_REPLY if tls else "",
+            "@TLS_CFG@": str(self.tmpdir / "tls.cfg"),
+            "@TLS_PORT@": str(self._tls_port),
             "@HOST@": self.host,
             "@PORT@": str(self.port),
             "@DOMAIN@": self.domain,
