@@ -83,10 +83,12 @@ class Binding:
         for session in self.sessions:
             session.registered(expires)
 
-    def registration_failed(self, reason: str, sip_status: int | None, retrying: bool) -> None:
+    def registration_failed(
+        self, reason: str, sip_status: int | None, retrying: bool, detail: str = ""
+    ) -> None:
         self.expires = None
         for session in self.sessions:
-            session.registration_failed(reason, sip_status, retrying)
+            session.registration_failed(reason, sip_status, retrying, detail=detail)
 
     def unregistered(self) -> None:
         self.expires = None

@@ -536,9 +536,11 @@ class Controller:
             session.send_event("registered", {"user": session.user, "expires": expires})
 
     def session_registration_failed(
-        self, session: Session, reason: str, sip_status: int | None, retrying: bool
+        self, session: Session, reason: str, sip_status: int | None, retrying: bool, detail: str = ""
     ) -> None:
         public = _public_reason(reason)
+        # what the stack says about it (a TLS verification failure, a realm not ours...): no secret
+        detail = detail[:200] or None
         self.log.info("registration failed: session {tag} user {user}: {reason} {status} retrying={r}",
                       tag=session.tag, user=session.user, reason=reason, status=sip_status, r=retrying)
         session.is_registered = False
@@ -546,12 +548,12 @@ class Controller:
             # The first REGISTER decides the login: any failure answers it at once (the stack's
             # own retries would keep a mobile user waiting for nothing); the registration is
             # stopped even when the stack would have retried.
-            self._fail_login(session, RpcError(public, sip_status=sip_status))
+            self._fail_login(session, RpcError(public, sip_status=sip_status, detail=detail))
         elif session.state in (ACTIVE, DETACHED):
             session.send_event(
                 "registration_failed",
                 _drop_none({"user": session.user, "reason": public, "sip_status": sip_status,
-                            "retrying": retrying}),
+                            "retrying": retrying, "detail": detail}),
             )
             if not retrying:
                 self.end_session(session, "registration_failed")

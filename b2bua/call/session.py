@@ -61,7 +61,7 @@ class SessionOwner(Protocol):
     def session_registered(self, session: Session, expires: int) -> None: ...
 
     def session_registration_failed(
-        self, session: Session, reason: str, sip_status: int | None, retrying: bool
+        self, session: Session, reason: str, sip_status: int | None, retrying: bool, detail: str = ""
     ) -> None: ...
 
     def session_unregistered(self, session: Session) -> None: ...
@@ -130,8 +130,10 @@ class Session:
     def registered(self, expires: int) -> None:
         self._owner.session_registered(self, expires)
 
-    def registration_failed(self, reason: str, sip_status: int | None, retrying: bool) -> None:
-        self._owner.session_registration_failed(self, reason, sip_status, retrying)
+    def registration_failed(
+        self, reason: str, sip_status: int | None, retrying: bool, detail: str = ""
+    ) -> None:
+        self._owner.session_registration_failed(self, reason, sip_status, retrying, detail)
 
     def unregistered(self) -> None:
         self._owner.session_unregistered(self)

@@ -40,7 +40,9 @@ MAX_EXPIRES = 86400
 
 class RegistrationListener(Protocol):
     def registered(self, expires: int) -> None: ...  # first 2xx, and whenever the expiry changes
-    def registration_failed(self, reason: str, sip_status: int | None, retrying: bool) -> None: ...
+    def registration_failed(
+        self, reason: str, sip_status: int | None, retrying: bool, detail: str = ""
+    ) -> None: ...
     def unregistered(self) -> None: ...
 
 
@@ -293,7 +295,7 @@ class Registration:
             self._schedule(delay, self._refresh)
         else:
             self.state = "failed"
-        self.listener.registration_failed(reason, status, retrying)
+        self.listener.registration_failed(reason, status, retrying, detail=detail)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _schedule(self, delay: float, fn) -> None:

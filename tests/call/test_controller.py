@@ -602,8 +602,9 @@ def test_registration_events_reach_every_session_of_the_user(h):
     reg.fail("pbx_unreachable", None, retrying=True)
     expected = ("registration_failed", {"user": "1000", "reason": "pbx_unreachable", "retrying": True})
     assert ca.events[-1] == expected and cb.events[-1] == expected
-    reg.fail("not_bound", 200, retrying=True)
+    reg.listener.registration_failed("not_bound", 200, True, detail="our Contact is not listed")
     assert ca.events[-1][1]["reason"] == "not_bound" and cb.events[-1][1]["reason"] == "not_bound"
+    assert ca.events[-1][1]["detail"] == "our Contact is not listed"
     reg.succeed(600)
     assert ca.events[-1] == cb.events[-1] == ("registered", {"user": "1000", "expires": 600})
     reg.fail("auth_failed", 403, retrying=False)

@@ -124,6 +124,7 @@ def test_untrusted_pbx_certificate_fails_the_login_at_once(kamailio, gateway_fac
     with pytest.raises(RpcError) as err:
         yield client.request("login", {"user": "1000", "password": "1234"})
     assert err.value.reason == "pbx_unreachable"
+    assert why in err.value.data.get("detail", ""), err.value.data  # the client is told why
     assert time.monotonic() - started < 5  # not the 32 s transaction timeout
     health = gw.stack.health()
     assert health["pbx_connection"] == "failed" and why in health["pbx_connection_error"]

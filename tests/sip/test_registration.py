@@ -64,12 +64,14 @@ class FakeStack:
 class Listener:
     def __init__(self):
         self.events = []
+        self.details = []
 
     def registered(self, expires):
         self.events.append(("registered", expires))
 
-    def registration_failed(self, reason, sip_status, retrying):
+    def registration_failed(self, reason, sip_status, retrying, detail=""):
         self.events.append(("failed", reason, sip_status, retrying))
+        self.details.append(detail)
 
     def unregistered(self):
         self.events.append(("unregistered",))
@@ -302,6 +304,7 @@ def test_a_2xx_that_does_not_list_our_contact_is_not_a_registration():
     reg.start()
     stack.answer(200, [OTHER])
     assert listener.events == [("failed", "not_bound", 200, True)]
+    assert listener.details == ["our Contact is not listed"]
     assert reg.state == "registering"
     (call,) = stack.reactor.getDelayedCalls()  # retried with backoff
     stack.reactor.advance(call.getTime())
