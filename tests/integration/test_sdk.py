@@ -66,7 +66,8 @@ def test_sdk_unit_tests_pass(node_sdk):
     storage, call objects, media handles) and those of the <mpb2bua-call> component
     (miniprogram-simulate on jsdom)."""
     done = subprocess.run(
-        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js", "test/component.test.js"],
+        [node_sdk, "--test", "test/client.test.js", "test/lifecycle.test.js", "test/component.test.js",
+         "test/package.test.js"],
         cwd=SDK_DIR,
         capture_output=True,
         text=True,
