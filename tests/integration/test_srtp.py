@@ -12,14 +12,16 @@ Signalling is UDP here (media.srtp_allow_insecure_signalling: for tests and labs
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import wave
 
 import numpy as np
 import pytest
 import pytest_twisted
+from twisted.internet import threads
 
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import http_get, sleep, wait_until
 from tests.integration.test_media import decode_to_pcm, onset_ms, player, publisher, run_round_trip
 from tests.media.audio import dominant_frequency
 from tests.peers import require_binary
@@ -28,6 +30,7 @@ from tests.peers.sipp import Sipp
 from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
+FORGED = 20
 INSECURE = {"media__srtp_allow_insecure_signalling": True}
 
 
@@ -84,16 +87,29 @@ def test_srtp_tone_round_trip_through_baresip(gateway_factory, kamailio, tmp_pat
         heard = tmp_path / "heard.flv"
         procs.append(player(result["play_url"], heard, 8, log))
         procs.append(publisher(result["push_url"], log))
+        # a forger on the phone's host: RTP with our payload type and a made-up auth tag
+        yield sleep(2.0)
+        forged = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for seq in range(FORGED):
+            header = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big")
+            forged.sendto(
+                header + b"\x11\x22\x33\x44" + bytes(160) + bytes(10), ("127.0.0.1", call.media.audio_port)
+            )
+        forged.close()
         yield wait_until(
             lambda: all(p.poll() is not None for p in procs), timeout=40, what="ffmpeg to finish"
         )
         assert [p.returncode for p in procs] == [0, 0], (tmp_path / "ffmpeg.log").read_text()
         stats = call.bridge.stats
-        assert stats.srtp_auth_failed == 0 and stats.rtp_received > 100, stats
+        assert stats.srtp_auth_failed == FORGED and stats.rtp_received > 100, (
+            stats
+        )  # dropped, the call went on
         yield client.request("hangup", {"call": result["call"]})
         hangup = yield client.wait_event("hangup")
         media = hangup["media"]
-        assert media["srtp"] == "AES_CM_128_HMAC_SHA1_80" and "srtp_auth_failed" not in media, media
+        assert media["srtp"] == "AES_CM_128_HMAC_SHA1_80" and media["srtp_auth_failed"] == FORGED, media
+        _, metrics = yield threads.deferToThread(http_get, f"http://127.0.0.1:{gw.http_port}/metrics")
+        assert f'mpb2bua_media_events_total{{what="srtp_auth_failed"}} {FORGED}.0' in metrics.decode()
         # downlink: baresip's 440 Hz, decrypted by us, out to the player
         pcm = decode_to_pcm(heard)
         start = onset_ms(pcm, 16000)
