@@ -135,6 +135,35 @@ def test_srtp_tone_round_trip_through_baresip(gateway_factory, kamailio, tmp_pat
 
 
 @pytest_twisted.inlineCallbacks
+def test_an_inbound_savp_offer_is_answered_with_our_key(gateway_factory, kamailio, tmp_path):
+    """baresip (srtp-mand) calls the mini-program user: its RTP/SAVP offer, refused before SRTP,
+    is answered with our key, and its tone reaches the player through SRTP."""
+    require_binary("ffmpeg")
+    tone = tmp_path / "tone440.wav"
+    tone_wav(tone, 440, 30)
+    phone = Baresip(tmp_path / "baresip", kamailio, user="1601", tone=tone, mediaenc="srtp-mand").start()
+    gw = gateway_factory(kamailio.host, kamailio.port, media__srtp="offer", **INSECURE)
+    try:
+        client = yield WsClient.connect(gw.ws_url)
+        yield client.request("login", {"user": "1000", "password": "1234"})
+        phone.command(f"/dial sip:1000@{kamailio.host}:{kamailio.port}")
+        incoming = yield client.wait_event("incoming", timeout=15)
+        yield client.request("answer", {"call": incoming["call"]})
+        yield client.wait_event("answered", timeout=10)
+        call = gw.node.calls.calls[incoming["call"]]
+        assert call.media.negotiated.audio.srtp is not None
+        yield wait_until(lambda: call.bridge.stats.rtp_received > 100, timeout=15, what="SRTP from baresip")
+        assert call.bridge.stats.srtp_auth_failed == 0
+        yield client.request("hangup", {"call": incoming["call"]})
+        hangup = yield client.wait_event("hangup")
+        assert hangup["media"]["srtp"] == "AES_CM_128_HMAC_SHA1_80", hangup
+        yield client.close()
+    finally:
+        phone.stop()
+        print(phone.log_text()[-2000:])
+
+
+@pytest_twisted.inlineCallbacks
 def test_require_against_a_plain_rtp_phone_ends_the_call(gateway_factory, kamailio, tmp_path):
     require_binary("sipp")
     phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", codec="PCMU", timeout=30)

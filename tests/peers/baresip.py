@@ -7,6 +7,7 @@ with ``sndfile`` (``dump-*-dec.wav``: what it heard). ``mediaenc`` turns on its 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ class Baresip:
                 require_binary(f"baresip module {module}")  # fails under CI, skips elsewhere
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rec.mkdir(exist_ok=True)
-        sip_port, cons_port = free_port("both"), free_port("udp")
+        sip_port = free_port("both")
+        self.cons_port = cons_port = free_port("udp")
         source = f"aufile,{self.tone}" if self.tone else "aufile,/dev/null"
         modules = ["cons", "g711", "alsa", "aufile", "sndfile"] + (["srtp"] if self.mediaenc else [])
         config = [
@@ -86,6 +88,11 @@ class Baresip:
                 break
             time.sleep(0.2)
         raise RuntimeError(f"baresip did not register:\n{self.log_text()}")
+
+    def command(self, line: str) -> None:
+        """A console command (``/dial sip:…``, ``/hangup``) over its UDP console."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(line.encode() + b"\n", ("127.0.0.1", self.cons_port))
 
     def log_text(self) -> str:
         path = self.dir / "baresip.log"
