@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from twisted.logger import Logger
 
 from b2bua.wire.sipuri import UriError, split_hostport
+
+log = Logger()
 
 
 class ConfigError(ValueError):
@@ -51,6 +54,10 @@ def _aac_rate(rate: int) -> int:
     if rate not in AAC_RATES:
         raise ValueError(f"an AAC sample rate: {', '.join(map(str, AAC_RATES))}")
     return rate
+
+
+def _yaml_off(value: Any) -> Any:
+    return "off" if value is False else value  # YAML 1.1 reads a bare off as false
 
 
 def _transports(items: list[str]) -> list[str]:
@@ -246,6 +253,12 @@ class MediaConfig(_Section):
     # to a party that holds)
     rtp_timeout: Seconds0 = 60.0
     rtp_hold_timeout: Seconds0 = 0.0
+    # SRTP with SDES keys toward the PBX (docs/operations.md, "SRTP"): off; offer (RTP/AVP with
+    # keys, SRTP when the PBX answers one, plain RTP otherwise); require (RTP/SAVP, a call
+    # without keys ends). The keys travel in the SDP: require needs sip.pbx_transport: tls.
+    srtp: Annotated[Literal["off", "offer", "require"], BeforeValidator(_yaml_off)] = "off"
+    # tests and labs only: allow srtp: require over UDP/TCP signalling (the keys in clear)
+    srtp_allow_insecure_signalling: bool = False
 
     def check(self) -> None:
         if self.rtp_port_min % 2 or self.rtp_port_max <= self.rtp_port_min:
@@ -329,6 +342,33 @@ def validate(config: Config) -> None:
     from b2bua.sip.tls import load_tls  # it builds on this module
 
     load_tls(config.sip)  # TLS files readable, key matching the certificate, pins well formed
+    srtp_signalling(config)
+
+
+def srtp_signalling(config: Config) -> None:
+    """SDES keys are only as secret as the SIP carrying them: ``media.srtp: require`` needs
+    ``sip.pbx_transport: tls`` (refused otherwise), ``offer`` without it is warned about."""
+    media = config.media
+    if media.srtp == "off" or config.sip.pbx_transport == "tls":
+        return
+    if media.srtp_allow_insecure_signalling:
+        log.warn(
+            "media.srtp: {mode} with sip.pbx_transport: {t}: the SRTP keys cross in clear "
+            "(media.srtp_allow_insecure_signalling is for tests and labs only)",
+            mode=media.srtp,
+            t=config.sip.pbx_transport,
+        )
+        return
+    if media.srtp == "require":
+        raise ConfigError(
+            f"media.srtp: require needs sip.pbx_transport: tls (the keys travel in the SDP), "
+            f"got sip.pbx_transport: {config.sip.pbx_transport}"
+        )
+    log.warn(
+        "media.srtp: offer with sip.pbx_transport: {t}: the SRTP keys cross in clear; "
+        "use sip.pbx_transport: tls",
+        t=config.sip.pbx_transport,
+    )
 
 
 def dns_servers(sip: SipConfig) -> list[tuple[str, int]]:

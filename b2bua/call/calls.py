@@ -423,7 +423,7 @@ class CallManager:
     def record_media(self, stats) -> None:
         self.m_rtp.labels("out").inc(stats.rtp_sent)
         self.m_rtp.labels("in").inc(stats.rtp_received)
-        for what in ("lost", "late", "rtp_bad", "rtp_foreign", "uplink_underruns"):
+        for what in ("lost", "late", "rtp_bad", "rtp_foreign", "uplink_underruns", "srtp_auth_failed"):
             value = getattr(stats, what)
             if value:
                 self.m_media.labels(what).inc(value)
@@ -457,7 +457,8 @@ class CallManager:
 
     def _new_media(self, video: bool) -> MediaLeg:
         media = MediaLeg(
-            self.reactor, self.ports, self.sdp_host, self.config.media.codecs, video, self.rtmp_base
+            self.reactor, self.ports, self.sdp_host, self.config.media.codecs, video, self.rtmp_base,
+            srtp=self.config.media.srtp,
         )
         try:
             media.open()

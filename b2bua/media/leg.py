@@ -1,7 +1,19 @@
 """The media side of one call leg: its RTP/RTCP sockets, its SDP offers/answers, its RTMP stream keys.
 
 The RTMP bridge (uplink AAC → RTP, downlink RTP → AAC) attaches here; this module owns what
-exists for the whole life of the leg and is freed with it.
+exists for the whole life of the leg and is freed with it, SRTP keys included.
+
+SRTP (``media.srtp``, SDES keys of RFC 4568):
+
+* ``off``: no key offered; an offer's keys are ignored and ``RTP/SAVP`` refused (488).
+* ``offer``: our offers are ``RTP/AVP`` with ``a=crypto`` lines (best-effort SRTP: a far end
+  without SRTP ignores them and answers plain RTP, which we then use); an offer with keys is
+  answered with ours (``RTP/SAVP`` or ``RTP/AVP``), a plain one in plain RTP.
+* ``require``: our offers are ``RTP/SAVP``; an answer without a key, or an offer without one,
+  fails negotiation with "SRTP required" (the call ends INCOMPATIBLE_DESTINATION, or 488).
+
+Our key for a stream and suite is drawn once and kept for the leg: re-offers and answers repeat
+it, so a re-INVITE that does not change the far end's key changes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +28,9 @@ from twisted.logger import Logger
 from b2bua.media.pipeline import PTIMES_MS, send_ptime
 from b2bua.media.ports import PortPool
 from b2bua.wire.sdp import (
+    SRTP_SUITES,
     TELEPHONE_EVENT,
+    Crypto,
     NegotiatedMedia,
     SdpError,
     SessionDescription,
@@ -27,6 +41,9 @@ from b2bua.wire.sdp import (
 
 log = Logger()
 STREAM_KEY_BYTES = 24  # 192 random bits per stream key
+
+
+SRTP_MODES = ("off", "offer", "require")
 
 
 class MediaNegotiationError(Exception):
@@ -71,9 +88,20 @@ class RtpSocket(DatagramProtocol):
 
 class MediaLeg:
     def __init__(
-        self, reactor, pool: PortPool, sdp_host: str, codecs: list[str], video: bool, rtmp_base: str
+        self,
+        reactor,
+        pool: PortPool,
+        sdp_host: str,
+        codecs: list[str],
+        video: bool,
+        rtmp_base: str,
+        srtp: str = "off",
     ) -> None:
+        if srtp not in SRTP_MODES:
+            raise ValueError(f"srtp: one of {', '.join(SRTP_MODES)}, got {srtp!r}")
         self.reactor = reactor
+        self.srtp = srtp
+        self._keys: dict[tuple[str, str], bytes] = {}  # (kind, suite) → our master key||salt
         self.pool = pool
         self.sdp_host = sdp_host
         self.codecs = [*codecs, TELEPHONE_EVENT.name]
@@ -144,6 +172,18 @@ class MediaLeg:
             return 20
         return send_ptime(self.negotiated.audio)
 
+    def local_key(self, kind: str, suite: str) -> bytes:
+        """Our SRTP master key and salt for a stream and suite: drawn once, kept for the leg."""
+        key = self._keys.get((kind, suite))
+        if key is None:
+            key = self._keys[(kind, suite)] = secrets.token_bytes(SRTP_SUITES[suite])
+        return key
+
+    def _crypto_lines(self, kind: str) -> list[Crypto]:
+        if self.srtp == "off":
+            return []
+        return [Crypto(tag, suite, self.local_key(kind, suite)) for tag, suite in enumerate(SRTP_SUITES, 1)]
+
     def make_offer(self, hold: bool = False) -> bytes:
         self._version += 1
         offer = make_offer(
@@ -155,6 +195,9 @@ class MediaLeg:
             ptime=self.ptime,
             session_id=self._session_id,
             session_version=self._version,
+            proto="RTP/SAVP" if self.srtp == "require" else "RTP/AVP",
+            crypto=self._crypto_lines("audio"),
+            video_crypto=self._crypto_lines("video"),
         )
         self._offer = offer
         return bytes(offer)
@@ -166,6 +209,10 @@ class MediaLeg:
             negotiated = apply_answer(self._offer, SessionDescription.parse(sdp))
         except SdpError as e:
             raise MediaNegotiationError(str(e)) from None
+        if self.srtp == "require":
+            plain = [s.kind for s in (negotiated.audio, negotiated.video) if s is not None and s.srtp is None]
+            if plain:
+                raise MediaNegotiationError(f"SRTP required: the answer has no key for {' and '.join(plain)}")
         self.negotiated = negotiated
         return negotiated
 
@@ -173,6 +220,10 @@ class MediaLeg:
         """Our answer to a remote offer, and whether that offer puts us on hold."""
         try:
             offer = SessionDescription.parse(sdp)
+            if self.srtp == "require":
+                audio = offer.find("audio")
+                if audio is None or not any(c.usable for c in audio.cryptos):
+                    raise MediaNegotiationError("SRTP required: the offer has no usable key for audio")
             ports = {"audio": self.audio_port}
             if self.video_port is not None:
                 ports["video"] = self.video_port
@@ -189,6 +240,8 @@ class MediaLeg:
                 rtcp_mux=False,
                 session_id=self._session_id,
                 session_version=self._version,
+                local_key=None if self.srtp == "off" else self.local_key,
+                srtp_only=self.srtp == "require",
             )
         except SdpError as e:
             raise MediaNegotiationError(str(e)) from None

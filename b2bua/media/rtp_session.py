@@ -11,17 +11,21 @@ receivers keep per-SSRC state):
   tracking, the last SR for our reports), which a change of SSRC does not disturb;
 * the downlink jitter buffer (it remembers the SSRCs it left, so A→B→A plays A again), and
   the telephone-event receiver;
-* RTCP: our SR/RR every 5 s with a report block per source heard, the far end's reports (RTT).
+* RTCP: our SR/RR every 5 s with a report block per source heard, the far end's reports (RTT);
+* SRTP and SRTCP (SDES keys, libsrtp through pylibsrtp): one :class:`SrtpStream` per stream,
+  whose libsrtp contexts live as long as their keys, so the rollover counter follows the
+  sequence numbers across their wrap in both directions.
 
 :meth:`RtpSession.apply` takes each new negotiation and changes only what it changed: a
-re-INVITE that changes nothing in the media changes nothing here. Codecs are not here (see
-``pipeline.py``): packets go in and out as payloads. This is where SRTP will go.
+re-INVITE that changes nothing in the media changes nothing here (same keys: same contexts).
+Codecs are not here (see ``pipeline.py``): packets go in and out as payloads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import pylibsrtp
 from twisted.logger import Logger
 
 from b2bua.media.adaptive import AdaptiveTarget
@@ -42,7 +46,7 @@ from b2bua.wire.rtcp import (
     serialize_compound,
 )
 from b2bua.wire.rtp import ReceiverStats, RtpError, RtpPacket, RtpSender, is_rtcp
-from b2bua.wire.sdp import NegotiatedStream
+from b2bua.wire.sdp import NegotiatedStream, SrtpKeys
 
 log = Logger()
 
@@ -50,6 +54,94 @@ JITTER_MIN_MS, JITTER_MAX_MS = 20, 160  # the downlink jitter buffer's adaptive 
 RTCP_INTERVAL_MS = 5000
 MAX_SOURCES = 8  # remote SSRCs kept (a PBX re-bridging many times keeps only the recent ones)
 MAX_REPORT_BLOCKS = 31  # RFC 3550 §6.4: the 5-bit count of an SR/RR
+
+
+SRTP_PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+    "AEAD_AES_128_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+    "AEAD_AES_256_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+}
+# "authentication failure", and "unable to perform desired validation" (SRTCP that says it is
+# not encrypted while the policy says it must be: not authenticated either)
+_AUTH_FAILED = frozenset((pylibsrtp.ERRORS[7], pylibsrtp.ERRORS[14]))
+_REPLAYED = frozenset(pylibsrtp.ERRORS[9:11])  # "replay check failed (bad index | index too old)"
+
+
+class SrtpError(Exception):
+    """An SRTP or SRTCP packet refused: ``kind`` is ``auth`` (forged, damaged, wrong key),
+    ``replay`` (seen already) or ``bad`` (anything else libsrtp refuses)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _context(suite: str, key: bytes, direction: int) -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=SRTP_PROFILES[suite])
+    return pylibsrtp.Session(policy)
+
+
+class SrtpStream:
+    """SRTP/SRTCP of one stream: our context (any SSRC we send) and the far end's (any SSRC it
+    sends). A new key replaces only the context it belongs to; the far end's previous context
+    is kept until a packet authenticates with the new one, for the packets in flight when it
+    re-keyed (a re-INVITE's answer and the far end's switch are never simultaneous)."""
+
+    def __init__(self, keys: SrtpKeys) -> None:
+        self.keys = keys
+        self._tx = _context(keys.suite, keys.local_key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self._rx = _context(keys.suite, keys.remote_key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        self._rx_old: pylibsrtp.Session | None = None
+
+    def rekey(self, keys: SrtpKeys) -> None:
+        """New keys from a renegotiation: new contexts only where a key (or the suite) changed."""
+        old = self.keys
+        if keys == old:
+            return
+        if (keys.suite, keys.local_key) != (old.suite, old.local_key):
+            self._tx = _context(keys.suite, keys.local_key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        if (keys.suite, keys.remote_key) != (old.suite, old.remote_key):
+            self._rx_old = self._rx
+            self._rx = _context(keys.suite, keys.remote_key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        self.keys = keys
+
+    def protect(self, packet: bytes) -> bytes:
+        return self._tx.protect(packet)
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        return self._tx.protect_rtcp(packet)
+
+    def unprotect(self, packet: bytes) -> bytes:
+        return self._unprotect(packet, rtcp=False)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        return self._unprotect(packet, rtcp=True)
+
+    def _unprotect(self, packet: bytes, rtcp: bool) -> bytes:
+        try:
+            out = self._rx.unprotect_rtcp(packet) if rtcp else self._rx.unprotect(packet)
+        except pylibsrtp.Error as e:
+            if self._rx_old is not None:
+                try:
+                    return self._rx_old.unprotect_rtcp(packet) if rtcp else self._rx_old.unprotect(packet)
+                except pylibsrtp.Error:
+                    pass
+            text = str(e)
+            kind = "auth" if text in _AUTH_FAILED else "replay" if text in _REPLAYED else "bad"
+            raise SrtpError(kind, text) from None
+        self._rx_old = None  # the far end uses its new key: the old one is done
+        return out
+
+
+def _srtp_for(keys: SrtpKeys | None, current: SrtpStream | None) -> SrtpStream | None:
+    """The stream's SRTP after a negotiation: kept, re-keyed, started or stopped."""
+    if keys is None:
+        return None
+    if current is None:
+        return SrtpStream(keys)
+    current.rekey(keys)
+    return current
 
 
 class RemoteSource:
@@ -102,17 +194,21 @@ class RtpSession:
         self._last_rtcp_ms: float | None = None
         self._sr_sent: dict[int, float] = {}
         self.closed = False
+        self.srtp = _srtp_for(audio.srtp, None)
+        self.video_srtp = _srtp_for(video.srtp, None) if video is not None else None
+        stats.srtp = audio.srtp.suite if audio.srtp is not None else None
         sockets.audio_rtp.handler = self._rtp_in
         sockets.audio_rtcp.handler = self._rtcp_in
         sockets.video_rtp.handler = self._video_in
-        sockets.video_rtcp.handler = self._rtcp_in
+        sockets.video_rtcp.handler = self._video_rtcp_in
 
     # -- negotiation ------------------------------------------------------------------------------------
     def apply(self, audio: NegotiatedStream, video: NegotiatedStream | None) -> None:
         """A new offer/answer. Only what it changed changes: a new far-end address drops the
         latch at once (we send to the SDP's address until the new one sends); a new codec
-        flushes the jitter buffer. Statistics, SSRCs, sequence numbers and the buffer's
-        learnt target stay."""
+        flushes the jitter buffer; a new SRTP key replaces that key's context (unchanged keys
+        keep theirs, and with them the rollover counters). Statistics, SSRCs, sequence numbers
+        and the buffer's learnt target stay."""
         old = self.audio
         socks = self.sockets
         if (old.remote_addr, old.remote_port) != (audio.remote_addr, audio.remote_port):
@@ -129,6 +225,9 @@ class RtpSession:
             self.jitter.reconfigure(audio.clock_rate, audio.ptime)
         elif old.ptime != audio.ptime:
             self.jitter.expect_ptime(audio.ptime)
+        self.srtp = _srtp_for(audio.srtp, self.srtp)
+        self.video_srtp = _srtp_for(video.srtp, self.video_srtp) if video is not None else None
+        self.stats.srtp = audio.srtp.suite if audio.srtp is not None else None
         self.audio, self.video = audio, video
 
     # -- sending ----------------------------------------------------------------------------------------
@@ -137,8 +236,11 @@ class RtpSession:
     ) -> None:
         packet = self.sender.packet(payload, pt, ts_step, marker=marker, timestamp=timestamp)
         sock = self.sockets.audio_rtp
+        data = packet.serialize()
+        if self.srtp is not None:
+            data = self.srtp.protect(data)
         # symmetric RTP: once the far end's packets arrive, answer to where they come from
-        sock.send(packet.serialize(), sock.remote or (self.audio.remote_addr, self.audio.remote_port))
+        sock.send(data, sock.remote or (self.audio.remote_addr, self.audio.remote_port))
         self.stats.rtp_sent += 1
 
     def send_video(self, payloads: list[bytes], timestamp: int) -> None:
@@ -152,7 +254,10 @@ class RtpSession:
             packet = self.video_sender.packet(
                 data, video.payload_type, 0, marker=i == last, timestamp=timestamp
             )
-            sock.send(packet.serialize(), target)
+            data = packet.serialize()
+            if self.video_srtp is not None:
+                data = self.video_srtp.protect(data)
+            sock.send(data, target)
             self.stats.video_sent += 1
 
     # -- receiving --------------------------------------------------------------------------------------
@@ -172,6 +277,10 @@ class RtpSession:
             self._rtcp_in(data, addr)
             return
         self.packets_in += 1
+        if self.srtp is not None:
+            data = self._unprotect(self.srtp, data, rtcp=False)
+            if data is None:
+                return
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -213,9 +322,13 @@ class RtpSession:
         if video is None or not self._accept(addr, video.remote_addr):
             return
         if is_rtcp(data):
-            self._rtcp_in(data, addr)
+            self._rtcp_packets(data, addr, self.video_srtp, None)
             return
         self.packets_in += 1
+        if self.video_srtp is not None:
+            data = self._unprotect(self.video_srtp, data, rtcp=False)
+            if data is None:
+                return
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -272,7 +385,10 @@ class RtpSession:
         socks = self.sockets
         target = socks.audio_rtcp.remote or (audio.remote_addr, audio.remote_rtcp_port)
         sock = socks.audio_rtp if audio.rtcp_mux else socks.audio_rtcp
-        sock.send(serialize_compound(packets), target)
+        data = serialize_compound(packets)
+        if self.srtp is not None:
+            data = self.srtp.protect_rtcp(data)
+        sock.send(data, target)
         self.update_jitter()
 
     def update_jitter(self) -> None:
@@ -281,15 +397,45 @@ class RtpSession:
         if source is not None:
             self.stats.jitter_ms = source.stats.jitter * 1000 / source.stats.clock_rate
 
+    def _unprotect(self, srtp: SrtpStream, data: bytes, rtcp: bool) -> bytes | None:
+        """The packet in clear, or None (counted) when SRTP refuses it: dropped, the call goes on."""
+        try:
+            return srtp.unprotect_rtcp(data) if rtcp else srtp.unprotect(data)
+        except SrtpError as e:
+            st = self.stats
+            if e.kind == "auth":
+                st.srtp_auth_failed += 1
+                if st.srtp_auth_failed in (1, 100, 10000):
+                    log.info("SRTP: {n} packet(s) failed authentication (dropped)", n=st.srtp_auth_failed)
+            elif e.kind == "replay":
+                st.srtp_replayed += 1
+            else:
+                st.rtp_bad += 1
+            return None
+
     def _rtcp_in(self, data: bytes, addr: tuple[str, int]) -> None:
         audio = self.audio
         if addr[0] != audio.remote_addr:
             self.stats.rtp_foreign += 1
             return
+        self._rtcp_packets(data, addr, self.srtp, None if audio.rtcp_mux else self.sockets.audio_rtcp)
+
+    def _video_rtcp_in(self, data: bytes, addr: tuple[str, int]) -> None:
+        video = self.video
+        if video is None or not self._accept(addr, video.remote_addr):
+            return
+        self._rtcp_packets(data, addr, self.video_srtp, None)
+
+    def _rtcp_packets(self, data: bytes, addr: tuple[str, int], srtp: SrtpStream | None, latch) -> None:
+        """A datagram of (S)RTCP from the far end's host; ``latch``: the socket that answers
+        where it comes from once it proved genuine."""
         self.packets_in += 1
-        sock = self.sockets.audio_rtcp
-        if sock.remote != addr and not audio.rtcp_mux:
-            sock.remote = addr
+        if srtp is not None:
+            data = self._unprotect(srtp, data, rtcp=True)
+            if data is None:
+                return
+        if latch is not None and latch.remote != addr:
+            latch.remote = addr
         try:
             packets = parse_compound(data)
         except ValueError:

@@ -24,6 +24,9 @@ class LegStats:
     video_received: int = 0
     keyframe_requests: int = 0
     codec: str | None = None
+    srtp: str | None = None  # the SDES suite of the audio while it is SRTP
+    srtp_auth_failed: int = 0  # SRTP/SRTCP packets whose authentication failed (dropped)
+    srtp_replayed: int = 0  # SRTP/SRTCP packets already received (libsrtp's replay check)
     # the buffering we add, measured: mean spare of the uplink FIFO + of the jitter buffer, i.e.
     # the mean time audio waits in them beyond the packet being sent/played (the tick phase and
     # the pusher's own bursts come on top)

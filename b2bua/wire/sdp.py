@@ -17,20 +17,35 @@ Offer/answer:
 Both return :class:`NegotiatedMedia`, what the media layer needs; directions in it are ours
 (``sendonly`` = we send only). Rejected or unusable audio raises :class:`NegotiationError`
 (answer it with 488).
+
+SRTP keys (RFC 4568 SDES): :class:`Crypto` reads and writes ``a=crypto`` lines; an offer may
+carry ours, and the negotiated stream then holds both keys (:class:`SrtpKeys`). The keys are
+chosen by the caller (``b2bua.media.leg``); this module only places and matches them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 MAX_SDP_SIZE = 65535
 MAX_LINES = 1024
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
-RTP_PROTOS = ("RTP/AVP", "RTP/AVPF")  # what we answer; SRTP and DTLS are refused (port 0)
+RTP_PROTOS = ("RTP/AVP", "RTP/AVPF")  # what we answer without SRTP keys
+SRTP_PROTOS = ("RTP/SAVP", "RTP/SAVPF")  # answered only when the caller gives keys; DTLS never
+# the SDES suites we speak (libsrtp profiles), in our order of preference, and the length of
+# their inline key: master key + master salt (RFC 4568 §6.2, RFC 7714 §12)
+SRTP_SUITES: dict[str, int] = {
+    "AES_CM_128_HMAC_SHA1_80": 30,
+    "AES_CM_128_HMAC_SHA1_32": 30,
+    "AEAD_AES_128_GCM": 28,
+    "AEAD_AES_256_GCM": 44,
+}
 
 # RFC 3551 static payload types we may meet without an rtpmap.
 STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
@@ -174,6 +189,82 @@ def parse_fmtp(params: str) -> dict[str, str]:
     return out
 
 
+_CRYPTO = re.compile(r"(\d{1,9}) +([A-Za-z0-9_]+) +(\S+)((?: +\S+)*) *", re.ASCII)
+# key||salt in base64, then optional |lifetime (decimal or 2^n) and |MKI:length
+_KEY_INFO = re.compile(
+    r"([A-Za-z0-9+/]+={0,2})(?:\|(2\^\d{1,3}|\d{1,20}))?(?:\|(\d{1,20}):(\d{1,3}))?", re.ASCII
+)
+
+
+@dataclass(frozen=True)
+class Crypto:
+    """One ``a=crypto`` line (RFC 4568 §9.1): ``tag suite inline:KEY[|lifetime][|mki:len] [params]``.
+
+    Lines with several keys are refused (nobody sends them to a phone; with one key there is no
+    MKI to pick among them). A suite we do not know is kept as written (its key unchecked); a
+    known one must carry a key of its length.
+    """
+
+    tag: int
+    suite: str
+    key: bytes  # master key || master salt
+    lifetime: str | None = None
+    mki: tuple[int, int] | None = None  # (value, length in bytes)
+    session_params: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> Crypto:
+        m = _CRYPTO.fullmatch(value)
+        if not m:
+            raise SdpError("bad a=crypto %r" % value[:80])
+        tag, suite, key_params, params = m.groups()
+        method, sep, info = key_params.partition(":")
+        if method.lower() != "inline" or not sep:
+            raise SdpError("a=crypto key method must be inline: %r" % key_params[:80])
+        if ";" in info:
+            raise SdpError("a=crypto with several keys is not supported")
+        k = _KEY_INFO.fullmatch(info)
+        if not k:
+            raise SdpError("bad a=crypto key %r" % info[:80])
+        try:
+            key = base64.b64decode(k.group(1), validate=True)
+        except (binascii.Error, ValueError):
+            raise SdpError("a=crypto key is not base64") from None
+        length = SRTP_SUITES.get(suite)
+        if length is not None and len(key) != length:
+            raise SdpError("a=crypto %s key of %d bytes, not %d" % (suite, len(key), length))
+        mki = (int(k.group(3)), int(k.group(4))) if k.group(3) else None
+        if mki is not None and not 1 <= mki[1] <= 128:
+            raise SdpError("bad a=crypto MKI length %d" % mki[1])
+        return cls(int(tag), suite, key, k.group(2), mki, tuple(params.split()))
+
+    @property
+    def usable(self) -> bool:
+        """Whether we can run it: a suite of ours, no MKI, no session parameter (KDR, WSH,
+        UNENCRYPTED_SRTP… change what libsrtp's profiles do)."""
+        return self.suite in SRTP_SUITES and self.mki is None and not self.session_params
+
+    def __str__(self) -> str:
+        info = base64.b64encode(self.key).decode("ascii")
+        if self.lifetime is not None:
+            info += "|" + self.lifetime
+        if self.mki is not None:
+            info += "|%d:%d" % self.mki
+        return " ".join(("%d %s inline:%s" % (self.tag, self.suite, info), *self.session_params))
+
+
+@dataclass(frozen=True)
+class SrtpKeys:
+    """The SDES keys agreed for one stream: ours protects what we send, the far end's what it sends."""
+
+    suite: str
+    local_key: bytes
+    remote_key: bytes
+
+    def __repr__(self) -> str:  # never the keys themselves in a log
+        return "SrtpKeys(%s)" % self.suite
+
+
 Attribute = tuple[str, str | None]  # (name, value); value None for property attributes
 
 
@@ -284,6 +375,19 @@ class MediaDescription:
     @property
     def rtcp_mux(self) -> bool:
         return self.has("rtcp-mux")
+
+    @property
+    def cryptos(self) -> list[Crypto]:
+        """The section's ``a=crypto`` lines, in the offerer's order of preference. Read only when
+        SRTP is in use (so a peer's odd line does not fail a plain call): raises SdpError."""
+        out = [Crypto.parse(v) for v in self.attribute_values("crypto")]
+        if len({c.tag for c in out}) != len(out):
+            raise SdpError("a=crypto tags repeated in m=%s" % self.kind)
+        return out
+
+    @property
+    def is_srtp(self) -> bool:
+        return self.proto in SRTP_PROTOS
 
     def validate(self) -> None:
         if self.is_rtp:
@@ -588,6 +692,7 @@ class NegotiatedStream:
     dtmf_payload_type: int | None = None  # telephone-event, audio only
     dtmf_clock_rate: int | None = None
     rtcp_fb: list[str] = field(default_factory=list)  # video
+    srtp: SrtpKeys | None = None  # SDES keys when the stream is SRTP
 
     @property
     def sends(self) -> bool:
@@ -701,6 +806,7 @@ def _audio_section(
     ptime: int | None,
     direction: str,
     rtcp_mux: bool,
+    crypto: Sequence[Crypto] = (),
 ) -> MediaDescription:
     media = MediaDescription("audio", port, proto, [str(pt) for _, pt, _ in codecs])
     for codec, pt, fmtp in codecs:
@@ -709,17 +815,21 @@ def _audio_section(
             media.attributes.append(("fmtp", "%d %s" % (pt, fmtp)))
     if ptime:
         media.attributes.append(("ptime", str(ptime)))
+    media.attributes += [("crypto", str(c)) for c in crypto]
     if rtcp_mux:
         media.attributes.append(("rtcp-mux", None))
     media.attributes.append((direction, None))
     return media
 
 
-def _video_section(port: int, pt: int, *, proto: str, direction: str, rtcp_mux: bool) -> MediaDescription:
+def _video_section(
+    port: int, pt: int, *, proto: str, direction: str, rtcp_mux: bool, crypto: Sequence[Crypto] = ()
+) -> MediaDescription:
     media = MediaDescription("video", port, proto, [str(pt)])
     media.attributes.append(("rtpmap", str(H264.rtpmap(pt))))
     media.attributes.append(("fmtp", "%d %s" % (pt, H264.fmtp)))
     media.attributes += [("rtcp-fb", "%d %s" % (pt, fb)) for fb in H264.rtcp_fb]
+    media.attributes += [("crypto", str(c)) for c in crypto]
     if rtcp_mux:
         media.attributes.append(("rtcp-mux", None))
     media.attributes.append((direction, None))
@@ -738,11 +848,16 @@ def make_offer(
     session_id: int | None = None,
     session_version: int = 1,
     username: str = "mpb2bua",
+    proto: str = "RTP/AVP",
+    crypto: Sequence[Crypto] = (),
+    video_crypto: Sequence[Crypto] = (),
 ) -> SessionDescription:
     """Our offer. For a re-offer (hold, unhold) pass the same ``session_id`` and a higher version.
 
     ``codecs`` are names or :class:`Codec` in preference order; include ``telephone-event`` to
-    offer RFC 4733 DTMF (the default list does).
+    offer RFC 4733 DTMF (the default list does). ``crypto`` / ``video_crypto``: our SDES keys,
+    one line per suite offered; ``proto`` ``RTP/SAVP`` makes SRTP mandatory, ``RTP/AVP`` with
+    keys offers it best-effort (a far end without SRTP ignores the lines and answers plain RTP).
     """
     if direction not in DIRECTIONS:
         raise ValueError("bad direction %r" % direction)
@@ -754,15 +869,22 @@ def make_offer(
         _audio_section(
             audio_port,
             [(c, c.payload_type, c.fmtp) for c in chosen],
+            proto=proto,
             ptime=ptime,
             direction=direction,
             rtcp_mux=rtcp_mux,
+            crypto=crypto,
         )
     )
     if video_port is not None:
         sdp.media.append(
             _video_section(
-                video_port, H264.payload_type, proto="RTP/AVP", direction=direction, rtcp_mux=rtcp_mux
+                video_port,
+                H264.payload_type,
+                proto=proto,
+                direction=direction,
+                rtcp_mux=rtcp_mux,
+                crypto=video_crypto,
             )
         )
     return sdp
@@ -783,6 +905,8 @@ def negotiate_answer(
     session_id: int | None = None,
     session_version: int = 1,
     username: str = "mpb2bua",
+    local_key: Callable[[str, str], bytes] | None = None,
+    srtp_only: bool = False,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer a remote offer (RFC 3264 §6).
 
@@ -792,6 +916,13 @@ def negotiate_answer(
     ``{"audio": port, "video": port}``; video is accepted only with a video port and an H.264
     (packetization-mode=1) format. Every other section is rejected with port 0, keeping the
     number and order of m= lines. ``direction`` is what we want (e.g. ``sendonly`` while we hold).
+
+    SRTP: without ``local_key`` the offer's keys are ignored and ``RTP/SAVP`` sections refused.
+    With it (``local_key(kind, suite)`` returns our key), a section with a usable ``a=crypto``
+    (the offerer's first) is answered with that tag and suite and our key, in the offer's
+    profile (``RTP/AVP`` with keys: best-effort SRTP, as FreeSWITCH and others offer it); an
+    ``RTP/SAVP`` section without one is refused, and so is every section without one when
+    ``srtp_only``.
     """
     ports = {"audio": local_ports} if isinstance(local_ports, int) else dict(local_ports)
     ours = _codecs(our_codecs)
@@ -802,7 +933,9 @@ def negotiate_answer(
     video: NegotiatedStream | None = None
     for media in offer.media:
         section = None
-        if media.port and media.proto in RTP_PROTOS:
+        crypto = _offered_crypto(media) if local_key is not None else None
+        plain_ok = media.proto in RTP_PROTOS and not srtp_only
+        if media.port and (plain_ok or (crypto is not None and media.proto in (*RTP_PROTOS, *SRTP_PROTOS))):
             mux = rtcp_mux and media.rtcp_mux
             wanted = _intersect(direction, _MIRROR[offer.media_direction(media)])
             if media.kind == "audio" and audio is None and "audio" in ports:
@@ -811,12 +944,23 @@ def negotiate_answer(
                 )
             elif media.kind == "video" and video is None and ports.get("video"):
                 section, video = _answer_video(offer, media, ports["video"], wanted, mux)
+            if section is not None and crypto is not None and local_key is not None:
+                stream = audio if media.kind == "audio" else video
+                assert stream is not None
+                mine = Crypto(crypto.tag, crypto.suite, local_key(media.kind, crypto.suite))
+                section.attributes.insert(-1 - mux, ("crypto", str(mine)))
+                stream.srtp = SrtpKeys(crypto.suite, mine.key, crypto.key)
         if section is None:  # rejected (RFC 3264 §6: port 0, same formats)
             section = MediaDescription(media.kind, 0, media.proto, list(media.formats))
         answer.media.append(section)
     if audio is None:
         raise NegotiationError("no acceptable audio stream in the offer")
     return answer, NegotiatedMedia(audio, video)
+
+
+def _offered_crypto(media: MediaDescription) -> Crypto | None:
+    """The offerer's preferred ``a=crypto`` line that we can run (RFC 4568 §7.1.2), if any."""
+    return next((c for c in media.cryptos if c.usable), None)
 
 
 def _answer_audio(
@@ -913,6 +1057,7 @@ def _accepted(
         stream = _remote_stream(
             answer, theirs, codec=rtpmap, fmtp=theirs.fmtp(pt), local_direction=local_direction, rtcp_mux=mux
         )
+        stream.srtp = _answered_keys(ours, theirs)
         if not video:
             dtmf = _pick_dtmf(theirs, rtpmap.clock_rate)
             if dtmf is None:  # an rtpmap-less echo of our dynamic PT
@@ -928,3 +1073,23 @@ def _accepted(
                 stream.dtmf_payload_type, stream.dtmf_clock_rate = dtmf.payload_type, dtmf.clock_rate
         return stream
     raise NegotiationError("no codec of ours in the answer's m=%s" % theirs.kind)
+
+
+def _answered_keys(ours: MediaDescription, theirs: MediaDescription) -> SrtpKeys | None:
+    """The keys of an answer to our offer: its ``a=crypto`` names one of our lines by tag."""
+    if not ours.has("crypto"):
+        return None  # we offered no SRTP: whatever the answer says about it is not read
+    answered = theirs.cryptos
+    if not answered:
+        if theirs.is_srtp:
+            raise NegotiationError("m=%s %s answer without a=crypto" % (theirs.kind, theirs.proto))
+        return None
+    if len(answered) > 1:
+        raise SdpError("answer has %d a=crypto lines in m=%s, not one" % (len(answered), theirs.kind))
+    crypto = answered[0]
+    offered = next((c for c in ours.cryptos if c.tag == crypto.tag), None)
+    if offered is None or offered.suite != crypto.suite:
+        raise SdpError("answer a=crypto:%d %s is not one we offered" % (crypto.tag, crypto.suite))
+    if not crypto.usable:
+        raise NegotiationError("answer a=crypto with parameters we do not support (MKI, session parameters)")
+    return SrtpKeys(crypto.suite, offered.key, crypto.key)

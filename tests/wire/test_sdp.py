@@ -7,6 +7,7 @@ import pytest
 from b2bua.wire.sdp import (
     AUDIO_CODECS,
     Connection,
+    Crypto,
     NegotiationError,
     RtpMap,
     SdpError,
@@ -598,3 +599,132 @@ def test_offer_answer_between_two_gateways() -> None:
     assert (theirs.audio.remote_addr, theirs.audio.remote_port) == ("192.0.2.10", 40000)
     assert ours.video is not None and theirs.video is not None
     assert ours.video.payload_type == theirs.video.payload_type == 96
+
+
+# -- SRTP keys (RFC 4568 a=crypto) ------------------------------------------------------------------------
+KEY30 = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"  # 30 bytes: AES-CM key + salt
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}",
+        f"2 AES_CM_128_HMAC_SHA1_32 inline:{KEY30}|2^31",
+        f"3 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^20|1:4",
+        f"4 AES_CM_128_HMAC_SHA1_80 inline:{KEY30} UNENCRYPTED_SRTCP KDR=1",
+        "5 AEAD_AES_128_GCM inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMg==",
+        "6 F8_128_HMAC_SHA1_80 inline:c2hvcnQ=",  # a suite we do not know: kept, not checked
+    ],
+)
+def test_crypto_round_trip(line: str) -> None:
+    crypto = Crypto.parse(line)
+    assert str(crypto) == line and Crypto.parse(str(crypto)) == crypto
+    assert crypto.usable == (crypto.tag in (1, 2, 5))
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (f"x AES_CM_128_HMAC_SHA1_80 inline:{KEY30}", "bad a=crypto"),
+        ("1 AES_CM_128_HMAC_SHA1_80", "bad a=crypto"),
+        (f"1 AES_CM_128_HMAC_SHA1_80 uri:{KEY30}", "inline"),
+        (f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30};inline:{KEY30}", "several keys"),
+        ("1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=", "key of 5 bytes, not 30"),
+        ("1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwg*CkgewkyMjA7fQp9CnVubGVz", "bad a=crypto key"),
+        ("1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGV", "base64"),
+        (f"1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^20|1:200", "MKI length"),
+    ],
+)
+def test_bad_crypto_lines_are_refused(line: str, why: str) -> None:
+    with pytest.raises(SdpError, match=why):
+        Crypto.parse(line)
+
+
+def _srtp_offer(proto: str, crypto: str) -> SessionDescription:
+    return SessionDescription.parse(
+        crlf(f"""
+v=0
+o=- 1 1 IN IP4 10.0.0.9
+s=-
+c=IN IP4 10.0.0.9
+t=0 0
+m=audio 5000 {proto} 0
+{crypto}a=sendrecv
+""")
+    )
+
+
+def test_crypto_lines_are_read_only_when_srtp_is_in_use() -> None:
+    """A plain call does not fail on a peer's odd a=crypto line; the keys are read on demand."""
+    offer = _srtp_offer("RTP/AVP", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\n")
+    answer, media = negotiate_answer(offer, AUDIO_CODECS, "192.0.2.10", 40000)
+    assert media.audio.srtp is None and "crypto" not in str(answer)
+    with pytest.raises(SdpError):
+        negotiate_answer(offer, AUDIO_CODECS, "192.0.2.10", 40000, local_key=lambda kind, suite: bytes(30))
+    twice = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\n" * 2
+    with pytest.raises(SdpError, match="repeated"):
+        _srtp_offer("RTP/SAVP", twice).media[0].cryptos  # noqa: B018
+
+
+def test_answer_takes_the_first_usable_line_with_our_key() -> None:
+    mine = bytes(range(30))
+    lines = (
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^20|1:4\n"  # MKI: not ours
+        f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY30}\n"
+        f"a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\n"
+    )
+    asked = []
+
+    def key(kind: str, suite: str) -> bytes:
+        asked.append((kind, suite))
+        return mine
+
+    answer, media = negotiate_answer(
+        _srtp_offer("RTP/SAVP", lines), AUDIO_CODECS, "192.0.2.10", 40000, local_key=key
+    )
+    section = answer.media[0]
+    assert section.proto == "RTP/SAVP" and section.port == 40000
+    assert section.cryptos == [Crypto(2, "AES_CM_128_HMAC_SHA1_32", mine)]
+    assert asked == [("audio", "AES_CM_128_HMAC_SHA1_32")]
+    srtp = media.audio.srtp
+    assert srtp is not None and (srtp.suite, srtp.local_key) == ("AES_CM_128_HMAC_SHA1_32", mine)
+    assert srtp.remote_key == Crypto.parse(f"1 X inline:{KEY30}").key
+    assert str(SessionDescription.parse(str(answer))) == str(answer)
+
+
+def test_savp_without_keys_is_refused() -> None:
+    offer = _srtp_offer("RTP/SAVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\n")
+    with pytest.raises(NegotiationError):  # no keys of ours: SAVP refused, as before SRTP
+        negotiate_answer(offer, AUDIO_CODECS, "192.0.2.10", 40000)
+    no_key = _srtp_offer("RTP/SAVP", "")
+    with pytest.raises(NegotiationError):
+        negotiate_answer(no_key, AUDIO_CODECS, "192.0.2.10", 40000, local_key=lambda k, s: bytes(30))
+    plain = _srtp_offer("RTP/AVP", "")
+    with pytest.raises(NegotiationError):  # srtp_only: a plain offer is not answered
+        negotiate_answer(
+            plain, AUDIO_CODECS, "192.0.2.10", 40000, local_key=lambda k, s: bytes(30), srtp_only=True
+        )
+
+
+def test_offer_with_keys_and_the_answer_that_picks_one() -> None:
+    ours = [Crypto(1, "AES_CM_128_HMAC_SHA1_80", bytes(30)), Crypto(2, "AEAD_AES_128_GCM", bytes(28))]
+    offer = make_offer("192.0.2.10", 40000, ["PCMU"], proto="RTP/SAVP", crypto=ours)
+    text = str(offer)
+    assert "m=audio 40000 RTP/SAVP 0" in text and text.index("a=crypto:1") < text.index("a=sendrecv")
+    assert SessionDescription.parse(text).media[0].cryptos == ours
+
+    def answer(proto: str, crypto: str) -> SessionDescription:
+        return _srtp_offer(proto, crypto)
+
+    media = apply_answer(offer, answer("RTP/SAVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\n"))
+    assert media.audio.srtp is not None and media.audio.srtp.local_key == bytes(30)
+    assert apply_answer(offer, answer("RTP/AVP", "")).audio.srtp is None  # the caller decides (require)
+    with pytest.raises(NegotiationError, match="without a=crypto"):
+        apply_answer(offer, answer("RTP/SAVP", ""))
+    with pytest.raises(SdpError, match="not one we offered"):
+        apply_answer(offer, answer("RTP/SAVP", f"a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\n"))
+    with pytest.raises(SdpError, match="not one we offered"):
+        apply_answer(offer, answer("RTP/SAVP", f"a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\n"))
+    plain = make_offer("192.0.2.10", 40000, ["PCMU"])
+    # we offered no keys: an answer's key line (even a broken one) is not read
+    assert apply_answer(plain, answer("RTP/AVP", "a=crypto:9 junk\n")).audio.srtp is None
