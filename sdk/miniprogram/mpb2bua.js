@@ -612,6 +612,8 @@ class Mpb2buaClient extends Emitter {
     this.pbxReachable = true;
     /** Live calls by id. @type {Map<string, Call>} */
     this.calls = new Map();
+    /** @type {Set<string>} calls announced from a resume result (their queued incoming is skipped) */
+    this._recovered = new Set();
 
     this._task = null;
     this._generation = 0;
@@ -994,6 +996,7 @@ class Mpb2buaClient extends Emitter {
       this._endAllCalls(name);
     }
     if (name === 'pbx') this.pbxReachable = params.reachable !== false;
+    if (name === 'incoming' && this._recovered.delete(params.call)) return; // announced from the resume already
     if (name === 'incoming' && typeof params.call === 'string' && !this.calls.has(params.call)) {
       this._addCall(new Call(this, { id: params.call, direction: 'inbound', state: 'incoming', from: params.from,
         to: params.to, display: params.display, video: params.video, headers: params.headers,
@@ -1224,12 +1227,14 @@ class Mpb2buaClient extends Emitter {
           this._lastSeen = Date.now();
           this._takeGrace(result);
           const gone = this._syncCalls(result.calls);
+          const strangers = this._strangerCalls(result.calls);
           this._save();
           this._startPing();
           this.emit('resumed', result);
           this._settle(null, Object.assign({ resumed: true }, result));
           for (const call of Array.from(this.calls.values())) if (!gone.includes(call)) call._flushEnd();
           if (gone.length) this._endLostCalls(gone);
+          this._adoptStrangers(strangers);
         }, (err) => {
           if (err.reason === 'disconnected') return; // the new socket died too: already rescheduled
           this._resuming = false;
@@ -1273,6 +1278,29 @@ class Mpb2buaClient extends Emitter {
       else gone.push(call);
     }
     return gone;
+  }
+
+  /** Calls a resume lists that this client never saw (their `incoming` event or `call` result
+   * went down with a dead socket). @returns {object[]} */
+  _strangerCalls(listed) {
+    if (!Array.isArray(listed)) return [];
+    return listed.filter((c) => c && typeof c.call === 'string' && !this.calls.has(c.call));
+  }
+
+  /**
+   * A call ringing in whose `incoming` event was lost is announced now, from the resume's
+   * members (a queued `incoming` that follows is not announced twice); an outbound call whose
+   * `call` result was lost has no owner on this side: it is hung up rather than left talking.
+   */
+  _adoptStrangers(strangers) {
+    for (const entry of strangers) {
+      if (entry.direction === 'inbound' && entry.state === 'incoming' && entry.push_url) {
+        this._onEvent('incoming', entry);
+        this._recovered.add(entry.call);
+      } else if (entry.direction === 'outbound') {
+        this.request('hangup', { call: entry.call }).catch(() => {});
+      }
+    }
   }
 
   /**

@@ -421,3 +421,30 @@ test('close() unbinds the lifecycle listeners', async () => {
   client.close();
   assert.equal(wx.listenerCount('AppShow'), 0);
 });
+
+test('resume `calls`: a call ringing in whose incoming event was lost is announced from the resume, once', async () => {
+  const ctx = await loggedIn();
+  const events = collect(ctx.client, ['incoming']);
+  const task = await dropAndResume(ctx, { calls: [{ call: 'cNew', state: 'incoming', direction: 'inbound',
+    from: '1500', to: '1000', video: false, push_url: 'rtmp://h/mp/p2', play_url: 'rtmp://h/mp/q2' }] });
+  const call = ctx.client.getCall('cNew');
+  assert.ok(call, 'the call is known now');
+  assert.equal(call.state, 'incoming');
+  assert.equal(call.pushUrl, 'rtmp://h/mp/p2');
+  assert.deepEqual(events.map(([, p]) => p.from), ['1500']);
+  // the same incoming, queued while detached, arrives after the result: not a second announcement
+  task.receive({ jsonrpc: '2.0', method: 'incoming', params: { call: 'cNew', from: '1500', to: '1000',
+    video: false, push_url: 'rtmp://h/mp/p2', play_url: 'rtmp://h/mp/q2' } });
+  await tick(1);
+  assert.equal(events.length, 1);
+});
+
+test('resume `calls`: an outbound call whose call result was lost is hung up', async () => {
+  const ctx = await loggedIn();
+  const task = await dropAndResume(ctx, { calls: [{ call: 'cGhost', state: 'calling', direction: 'outbound',
+    push_url: 'rtmp://h/mp/p3', play_url: 'rtmp://h/mp/q3' }] });
+  const frame = await task.nextFrame();
+  assert.equal(frame.method, 'hangup');
+  assert.deepEqual(frame.params, { call: 'cGhost' });
+  assert.equal(ctx.client.getCall('cGhost'), undefined);
+});
