@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from twisted.internet import defer, reactor, task
 
+from tests.peers.wsclient import WsClient
+
 
 def http_get(url: str) -> tuple[int, bytes]:
     """(status, body) of a GET, blocking (call it from a thread); status 0 when nothing answers."""
@@ -50,3 +52,27 @@ def no_leaks(gw) -> bool:
     calls = gw.node.calls.counts()
     stack = gw.stack.counts()
     return not (calls["calls"] or calls["rtp_ports"] or stack["dialogs"] or stack["incoming"])
+
+
+@defer.inlineCallbacks
+def logged_in(gw, user: str = "1000", password: str = "1234"):
+    """A WebSocket client logged in at ``gw``; ``client.session_id`` is its session."""
+    client = yield WsClient.connect(gw.ws_url)
+    result = yield client.request("login", {"user": user, "password": password})
+    client.session_id = result["session"]
+    return client
+
+
+def start_twistd(config: str, log: str, *options: str, cwd: str | None = None):
+    """``twistd -n mpb2bua --config CONFIG OPTIONS…`` as a child process (stdout+stderr piped)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         f"--logfile={log}", "mpb2bua", "--config", str(config), *options],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )

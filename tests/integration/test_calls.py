@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 from tests.integration.gateway import start_gateway
-from tests.integration.helpers import exit_code, no_leaks, sleep, wait_until
+from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
 from tests.peers.wsclient import RpcError, WsClient
 
@@ -22,13 +21,6 @@ def gateway(kamailio):
     )
     yield gw
     gw.stop()
-
-
-@defer.inlineCallbacks
-def logged_in(gw, user="1000"):
-    client = yield WsClient.connect(gw.ws_url)
-    yield client.request("login", {"user": user, "password": "1234"})
-    return client
 
 
 @pytest_twisted.inlineCallbacks

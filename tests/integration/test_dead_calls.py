@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
-from tests.integration.helpers import exit_code, no_leaks, sleep, wait_until
+from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
-from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +22,6 @@ RTP_TIMEOUT = 2.0
 def gateway(kamailio, gateway_factory):
     require_binary("sipp")
     return gateway_factory(kamailio.host, kamailio.port, media__rtp_timeout=RTP_TIMEOUT)
-
-
-@defer.inlineCallbacks
-def logged_in(gw, user="1000"):
-    client = yield WsClient.connect(gw.ws_url)
-    yield client.request("login", {"user": user, "password": "1234"})
-    return client
 
 
 def hangups(client):

@@ -13,13 +13,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from tests.integration.helpers import exit_code, http_get, no_leaks, sleep, wait_until
+from tests.integration.helpers import exit_code, http_get, logged_in, no_leaks, sleep, wait_until
 from tests.integration.test_media import decode_to_pcm, ffmpeg
 from tests.media.audio import dominant_frequency, rms_windows
 from tests.peers import require_binary
 from tests.peers.kamailio_deploy import DeployedKamailio
 from tests.peers.sipp import Sipp
-from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
 PBX_HOSTS = ("127.0.0.2", "127.0.0.3")
@@ -81,14 +80,6 @@ def cluster_factory(tmp_path, gateway_factory):
             print(phone.explain(3000))
         cluster.kamailio.close()
         print(f"----- kamailio log -----\n{cluster.kamailio.log_text()[-8000:]}")
-
-
-@defer.inlineCallbacks
-def logged_in(gw, user):
-    client = yield WsClient.connect(gw.ws_url)
-    result = yield client.request("login", {"user": user, "password": "1234"})
-    client.session_id = result["session"]
-    return client
 
 
 def node_of(cluster: Cluster, contact: str) -> str:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
-from tests.integration.helpers import exit_code, no_leaks, sleep, wait_until
+from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
-from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
 
@@ -20,14 +18,6 @@ def kamailio(kamailio_factory):
     """Overrides the shared fixture (``far`` phones register here too): FreeSWITCH's default."""
     require_binary("sipp")
     return kamailio_factory(single_binding=True)
-
-
-@defer.inlineCallbacks
-def logged_in(gw, user="1000"):
-    client = yield WsClient.connect(gw.ws_url)
-    result = yield client.request("login", {"user": user, "password": "1234"})
-    client.session_id = result["session"]
-    return client
 
 
 def contacts_of(kamailio, user="1000"):

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from tests.integration.helpers import http_get, wait_until
+from tests.integration.helpers import http_get, start_twistd, wait_until
 from tests.peers.ports import free_port
 from tests.peers.wsclient import WsClient
 
@@ -32,17 +30,9 @@ def test_sigterm_sends_close_1001_to_every_client(kamailio_factory, tmp_path):
         f"rtmp: {{listen: 'tcp:{rtmp}:interface=127.0.0.1'}}\n"
     )
     log = tmp_path / "twistd.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            f"--logfile={log}",
-            "mpb2bua",
-            "--config",
-            str(config),
+    proc = start_twistd(
+        config,
+        log,
             "--ws",
             f"tcp:{ws}:interface=127.0.0.1",
             "--http",
@@ -51,11 +41,7 @@ def test_sigterm_sends_close_1001_to_every_client(kamailio_factory, tmp_path):
             f"127.0.0.1:{sip}",
             "--pbx",
             f"{kamailio.host}:{kamailio.port}",
-        ],
         cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
     )
     try:
         health = f"http://127.0.0.1:{http}/healthz"

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 from tests.integration.gateway import start_gateway
-from tests.integration.helpers import exit_code, no_leaks, sleep, wait_until
+from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
-from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +23,6 @@ def gateway(kamailio):
     gw = start_gateway(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000)
     yield gw
     gw.stop()
-
-
-@defer.inlineCallbacks
-def logged_in(gw, user="1000"):
-    client = yield WsClient.connect(gw.ws_url)
-    yield client.request("login", {"user": user, "password": "1234"})
-    return client
 
 
 # -- late offer ----------------------------------------------------------------------------------------------

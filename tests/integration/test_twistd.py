@@ -14,7 +14,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
 
-from tests.integration.helpers import http_get, wait_until
+from tests.integration.helpers import http_get, start_twistd, wait_until
 from tests.peers.ports import free_port
 from tests.peers.wsclient import WsClient
 
@@ -33,17 +33,9 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
     config.write_text(shipped)  # the shipped file must load as it is; the flags override addresses
     (config.parent / "users.yaml").write_text((ROOT / "etc" / "users.yaml").read_text())
     log = tmp_path / "twistd.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            f"--logfile={log}",
-            "mpb2bua",
-            "--config",
-            str(config),
+    proc = start_twistd(
+        config,
+        log,
             "--ws",
             f"tcp:{ws}:interface=127.0.0.1",
             "--http",
@@ -54,11 +46,7 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
             f"127.0.0.1:{sip}",
             "--pbx",
             f"{kamailio.host}:{kamailio.port}",
-        ],
         cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
     )
     try:
         health = f"http://127.0.0.1:{http}/healthz"
