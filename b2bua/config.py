@@ -228,6 +228,10 @@ class MediaConfig(_Section):
     # to a party that holds)
     rtp_timeout: Seconds0 = 60.0
     rtp_hold_timeout: Seconds0 = 0.0
+    # media worker processes (b2bua/media/workers.py): each owns the RTMP connections, RTP sockets
+    # and codecs of the calls given to it, listens for RTMP on rtmp.listen's port + its index
+    # (0, 1, …) and binds RTP in its own slice of rtp_port_min–max; 0 = media in the node process
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
 
     def check(self) -> None:
         if self.rtp_port_min % 2 or self.rtp_port_max <= self.rtp_port_min:
@@ -235,6 +239,8 @@ class MediaConfig(_Section):
                 "media.rtp_port_min, media.rtp_port_max: an even first port below the last "
                 f"(RTP even, RTCP odd), got {self.rtp_port_min}-{self.rtp_port_max}"
             )
+        if self.workers and (self.rtp_port_max - self.rtp_port_min + 1) // 2 < self.workers:
+            raise ConfigError("media.workers: more workers than RTP port pairs")
         if self.uplink_buffer_max_ms < self.uplink_buffer_ms:
             raise ConfigError("media.uplink_buffer_max_ms: not below media.uplink_buffer_ms")
 
@@ -300,6 +306,12 @@ def validate(config: Config) -> None:
     """Checks of values beyond their types (raises :class:`ConfigError`)."""
     dns_servers(config.sip)
     digest_realms(config.sip)
+    if config.media.workers:
+        parts = (config.rtmp.listen or "").split(":")
+        if len(parts) < 2 or parts[0] not in ("tcp", "ssl") or not parts[1].isdigit():
+            raise ConfigError(
+                "media.workers: rtmp.listen must be tcp:PORT… or ssl:PORT… (worker i listens on PORT + i)"
+            )
 
 
 def dns_servers(sip: SipConfig) -> list[tuple[str, int]]:
