@@ -49,8 +49,10 @@ CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{
 MAX_HEADERS = 10
 MAX_BODY = 16384
 DTMF_DURATION_MS = 160
-# the `hangup` cause when the media worker holding a call's media died (BYE with Q.850 41)
+# the `hangup` cause when the media worker holding a call's media died; the PBX's BYE says
+# Q.850 41 NORMAL_TEMPORARY_FAILURE (the worker is started again: a new call will work)
 MEDIA_WORKER_FAILED = "MEDIA_WORKER_FAILED"
+MEDIA_WORKER_FAILED_REASON = "NORMAL_TEMPORARY_FAILURE"
 # endings the gateway decided by a timer of its own: their status was never received
 _LOCAL_DECISIONS = ("no ACK", "session timer expired", "no answer", "no progress")
 
@@ -422,7 +424,7 @@ class CallManager:
             return
         call.media_failure = reason
         if call.invite.state == "confirmed":
-            call.invite.hangup(reason=reason_header(MEDIA_WORKER_FAILED))
+            call.invite.hangup(reason=reason_header(MEDIA_WORKER_FAILED_REASON))
         elif call.invite.state == "incoming" and call.direction == "inbound":
             self._reject(call, 503)
         else:
