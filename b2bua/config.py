@@ -259,6 +259,10 @@ class MediaConfig(_Section):
     srtp: Annotated[Literal["off", "offer", "require"], BeforeValidator(_yaml_off)] = "off"
     # tests and labs only: allow srtp: require over UDP/TCP signalling (the keys in clear)
     srtp_allow_insecure_signalling: bool = False
+    # media worker processes (b2bua/media/workers.py): each owns the RTMP connections, RTP sockets
+    # and codecs of the calls given to it, listens for RTMP on rtmp.listen's port + its index
+    # (0, 1, …) and binds RTP in its own slice of rtp_port_min–max; 0 = media in the node process
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
 
     def check(self) -> None:
         if self.rtp_port_min % 2 or self.rtp_port_max <= self.rtp_port_min:
@@ -266,6 +270,8 @@ class MediaConfig(_Section):
                 "media.rtp_port_min, media.rtp_port_max: an even first port below the last "
                 f"(RTP even, RTCP odd), got {self.rtp_port_min}-{self.rtp_port_max}"
             )
+        if self.workers and (self.rtp_port_max - self.rtp_port_min + 1) // 2 < self.workers:
+            raise ConfigError("media.workers: more workers than RTP port pairs")
         if self.uplink_buffer_max_ms < self.uplink_buffer_ms:
             raise ConfigError("media.uplink_buffer_max_ms: not below media.uplink_buffer_ms")
 
@@ -343,6 +349,12 @@ def validate(config: Config) -> None:
 
     load_tls(config.sip)  # TLS files readable, key matching the certificate, pins well formed
     srtp_signalling(config)
+    if config.media.workers:
+        parts = (config.rtmp.listen or "").split(":")
+        if len(parts) < 2 or parts[0] not in ("tcp", "ssl") or not parts[1].isdigit():
+            raise ConfigError(
+                "media.workers: rtmp.listen must be tcp:PORT… or ssl:PORT… (worker i listens on PORT + i)"
+            )
 
 
 def srtp_signalling(config: Config) -> None:

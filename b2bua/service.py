@@ -13,11 +13,12 @@ from twisted.logger import Logger
 
 from b2bua.auth.tokens import TokenVerifier
 from b2bua.auth.users import FreeSwitchDirectory, UserSourceError, YamlUsers, read_freeswitch_vars
-from b2bua.call.calls import CallManager
+from b2bua.call.calls import CallManager, sdp_host
 from b2bua.call.controller import Controller
 from b2bua.config import Config, ConfigError
 from b2bua.http_status import make_site
 from b2bua.media.tick import MediaClock
+from b2bua.media.workers import WorkerPool
 from b2bua.metrics import Registry
 from b2bua.rtmp.server import RtmpServerFactory
 from b2bua.rtmp.streams import StreamRegistry
@@ -129,10 +130,19 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
 
     streams = StreamRegistry(reactor)
     clock = MediaClock(reactor)
-    calls = CallManager(reactor, stack, controller, config, metrics, streams=streams, clock=clock)
+    workers = None
+    if config.media.workers:
+        # the media in worker processes, each with its own RTMP listener (b2bua/media/workers.py)
+        workers = WorkerPool(reactor, config, sdp_host(config))
+        workers.export_metrics(metrics)
+    calls = CallManager(
+        reactor, stack, controller, config, metrics, streams=streams, clock=clock, backend=workers
+    )
     stack.pbx_listeners.append(controller.pbx_state_changed)
 
     top = service.MultiService()
+    if workers is not None:
+        workers.setServiceParent(top)  # started first, stopped last: after the calls' BYEs
     SipStackService(stack, controller).setServiceParent(top)
     ws = config.websocket
     limits = SocketLimits(
@@ -149,7 +159,7 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
         endpoint = endpoints.serverFromString(reactor, listen)
         # waits on stop until the sockets are closed, so that their 1001 close frames go out
         WsListenerService(endpoint, factory).setServiceParent(top)
-    if config.rtmp.listen:
+    if config.rtmp.listen and workers is None:
         rtmp = RtmpServerFactory(
             streams,
             app=config.rtmp.app,
@@ -182,4 +192,5 @@ def make_node(config: Config, reactor=None) -> service.MultiService:
     top.calls = calls
     top.streams = streams
     top.media_clock = clock
+    top.media_workers = workers
     return top

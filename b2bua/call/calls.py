@@ -13,15 +13,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from b2bua.call.ringing import RingGroup
 from b2bua.call.session import ACTIVE, DETACHED, Session
 from b2bua.call.watchdog import RtpWatchdog
-from b2bua.media.bridge import AudioBridge
-from b2bua.media.leg import MediaLeg, MediaNegotiationError
-from b2bua.media.ports import NoPortsAvailable, PortPool
+from b2bua.media.backend import LocalMediaBackend, MediaBackend
+from b2bua.media.leg import MediaNegotiationError
+from b2bua.media.ports import NoPortsAvailable
 from b2bua.media.tick import MediaClock
 from b2bua.rtmp.streams import StreamRegistry
 from b2bua.sip.causes import cause_from_reason, cause_from_sip_status, parse_reason_header, reason_header
@@ -49,6 +49,10 @@ CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{
 MAX_HEADERS = 10
 MAX_BODY = 16384
 DTMF_DURATION_MS = 160
+# the `hangup` cause when the media worker holding a call's media died; the PBX's BYE says
+# Q.850 41 NORMAL_TEMPORARY_FAILURE (the worker is started again: a new call will work)
+MEDIA_WORKER_FAILED = "MEDIA_WORKER_FAILED"
+MEDIA_WORKER_FAILED_REASON = "NORMAL_TEMPORARY_FAILURE"
 # endings the gateway decided by a timer of its own: their status was never received
 _LOCAL_DECISIONS = ("no ACK", "session timer expired", "no answer", "no progress")
 
@@ -56,30 +60,37 @@ _LOCAL_DECISIONS = ("no ACK", "session timer expired", "no answer", "no progress
 class Call:
     """One call leg: its SIP INVITE session, its media, its state as the mini-program sees it."""
 
-    def __init__(
-        self, manager: CallManager, session: Session, direction: str, media: MediaLeg, video: bool
-    ) -> None:
+    def __init__(self, manager: CallManager, session: Session, direction: str, engine, video: bool) -> None:
         self.id = "c" + secrets.token_urlsafe(12)
         self.manager = manager
         self.session = session
         self.direction = direction
-        self.media = media
+        self.engine = engine  # the leg's media, in this process or a worker (b2bua/media/backend.py)
+        engine.events = self
+        self.media = engine.leg  # the SDP side, the ports, the stream keys and URLs
         self.with_video = video
         self.state = "new"
         self.invite: InviteSession | None = None
         self.answer_sdp: bytes | None = None
         self.held = False
         self.remote_held = False
-        self.bridge: AudioBridge | None = None
         self.no_answer = False  # set when outbound_timeout cancels the call
         self._bad_sdp: str | None = None  # why we hung up on an unusable SDP answer
         self.media_timeout: str | None = None  # why the watchdog ended it ("no RTP for 60 s")
-        self.players = None  # the play key's PlayerGroup
+        self.media_failure: str | None = None  # why its media worker failed
         self.ring_group: RingGroup | None = None  # inbound, until answered: the user's other sessions
         self.announced: dict[str, Any] | None = None  # inbound: the `incoming` event's caller members
-        self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
-        self.video_header: bytes | None = None
         self._timer = None
+
+    @property
+    def bridge(self):
+        """The leg's AudioBridge when its media runs in this process (tests, introspection)."""
+        return getattr(self.engine, "bridge", None)
+
+    @property
+    def players(self):
+        """The play key's PlayerGroup when its media runs in this process."""
+        return getattr(self.engine, "players", None)
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.direction} {self.state} user={self.session.user}>"
@@ -146,13 +157,19 @@ class Call:
         reason = self._bad_sdp or _reason_text(reason_headers) or why
         if self._bad_sdp:
             cause = "INCOMPATIBLE_DESTINATION"
+        elif self.media_failure and by == "local":
+            cause, reason = MEDIA_WORKER_FAILED, self.media_failure
         elif self.media_timeout and by == "local":
             cause, reason = "MEDIA_TIMEOUT", self.media_timeout
         # a status we decided ourselves (no ACK, session timer) was never received: not reported
         received = not (by == "local" and why in _LOCAL_DECISIONS)
         sip_status = status if status and status >= 300 and received else None
-        stats = self.stop_media()
-        self.event("hangup", sip_status=sip_status, cause=cause, reason=reason, by=by, media=stats)
+
+        def report(stats: dict | None) -> None:
+            self.event("hangup", sip_status=sip_status, cause=cause, reason=reason, by=by, media=stats)
+
+        # in-process the statistics are there at once; a worker sends them back
+        self.stop_media().addCallback(report)
         self.manager.m_ended.labels(cause).inc()
         self.manager.forget(self)
 
@@ -162,8 +179,8 @@ class Call:
         except MediaNegotiationError as e:
             log.warn("call {call}: refused re-offer: {e}", call=self.id, e=e)
             return None
-        if self.bridge is not None:
-            self.bridge.renegotiated(self.media.negotiated)
+        if self.engine.started:
+            self.engine.apply(self.media.negotiated)
         self._remote_hold(remote_hold)
         return answer
 
@@ -220,40 +237,29 @@ class Call:
     def start_media(self) -> None:
         """Start (or re-point) the RTMP⇄RTP bridge once the SDP exchange is complete."""
         negotiated = self.media.negotiated
-        if negotiated is None:
-            return
-        if self.bridge is not None:
-            self.bridge.renegotiated(negotiated)
-            return
-        manager = self.manager
-        self.bridge = AudioBridge(
-            self.media,
-            negotiated,
-            self.players,
-            self._dtmf_received,
-            aac_rate=manager.config.media.aac_sample_rate,
-            uplink_buffer_ms=manager.config.media.uplink_buffer_ms,
-            uplink_buffer_max_ms=manager.config.media.uplink_buffer_max_ms,
-        )
-        if self.audio_header is not None:
-            self.bridge.publisher_audio(0, self.audio_header)
-        if self.video_header is not None:
-            self.bridge.publisher_video(0, self.video_header)
-        manager.clock.add(self.bridge)
+        if negotiated is not None:
+            self.engine.apply(negotiated)
 
-    def stop_media(self) -> dict | None:
-        if self.bridge is None:
-            return None
-        self.manager.clock.discard(self.bridge)
-        self.bridge.close()
-        stats = self.bridge.stats.as_event()
-        self.manager.record_media(self.bridge.stats)
-        self.bridge = None
-        return stats
+    def stop_media(self) -> Deferred:
+        """Stop the leg's media (once): a Deferred of the `hangup` event's ``media`` member (fired
+        at once in-process; None when media never started or its worker died)."""
+        if getattr(self, "_stopping", None) is None:
+
+            def done(stats) -> dict | None:
+                if stats is None:
+                    return None
+                self.manager.record_media(stats)
+                return stats.as_event()
+
+            self._stopping = maybeDeferred(self.engine.stop).addCallback(done)
+            self._stopping.addErrback(lambda f: log.failure("call {call}: media stop", f, call=self.id))
+        d: Deferred = Deferred()
+        self._stopping.addCallback(lambda r: (d.callback(r), r)[1])
+        return d
 
     # the dead-call watchdog's view (b2bua/call/watchdog.py)
     def media_packets(self) -> int:
-        return self.bridge.packets_in if self.bridge is not None else 0
+        return self.engine.packets_in
 
     def media_state(self) -> tuple[bool, tuple]:
         """RTP is due unless the call is on hold either way or the SDP says the far end sends
@@ -266,29 +272,20 @@ class Call:
         expects = audio.receives and not audio.on_hold and not self.held and not self.remote_held
         return expects, (audio.remote_addr, audio.remote_port)
 
-    def _dtmf_received(self, digit: str) -> None:
+    # LegEvents (b2bua/media/engine.py): what the leg's media reports
+    def dtmf_received(self, digit: str) -> None:
         self.event("dtmf", digits=digit, via="rfc4733")
 
-    # PublishSink: the live-pusher of this call
+    def media_failed(self, reason: str) -> None:
+        """Its media worker died: the call cannot go on (BYE, `hangup` MEDIA_WORKER_FAILED)."""
+        self.manager.media_failed(self, reason)
+
     def publisher_started(self, publisher_id: str, metadata: dict | None) -> None:
         self.event("media", stream="publisher", state="connected")
-
-    def audio(self, timestamp_ms: int, payload: bytes) -> None:
-        if len(payload) > 1 and payload[1] == 0 and payload[0] >> 4 == 10:  # AAC sequence header
-            self.audio_header = payload
-        if self.bridge is not None:
-            self.bridge.publisher_audio(timestamp_ms, payload)
-
-    def video(self, timestamp_ms: int, payload: bytes) -> None:
-        if len(payload) > 1 and payload[1] == 0 and payload[0] & 0x0F == 7:  # AVC sequence header
-            self.video_header = payload
-        if self.bridge is not None:
-            self.bridge.publisher_video(timestamp_ms, payload)
 
     def publisher_stopped(self, reason: str) -> None:
         self.event("media", stream="publisher", state="gone", reason=reason)
 
-    # PlaySource: the live-players of this call
     def player_joined(self, player_id: str) -> None:
         self.event("media", stream="player", state="connected")
 
@@ -318,6 +315,7 @@ class CallManager:
         metrics: Registry,
         streams: StreamRegistry | None = None,
         clock: MediaClock | None = None,
+        backend: MediaBackend | None = None,
     ) -> None:
         self.reactor = reactor
         self.streams = streams if streams is not None else StreamRegistry(reactor)
@@ -328,12 +326,14 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         media = config.media
         self.watchdog = RtpWatchdog(reactor, media.rtp_timeout, media.rtp_hold_timeout, self._media_timeout)
-        rtp_host = media.rtp_host or config.sip.listen_host
-        self.ports = PortPool(reactor, rtp_host, media.rtp_port_min, media.rtp_port_max)
-        self.sdp_host = media.sdp_host or config.sip.public_host or rtp_host
+        self.sdp_host = sdp_host(config)
         rtmp = config.rtmp
         port = rtmp.listen.split(":")[1] if rtmp.listen.startswith("tcp:") else "1935"
         self.rtmp_base = rtmp.public_url or f"rtmp://{config.public_host}:{port}/{rtmp.app}"
+        # where the media runs: here (media.workers: 0) or in worker processes (b2bua/media/workers.py)
+        self.backend: MediaBackend = backend or LocalMediaBackend(
+            reactor, config, self.streams, self.clock, self.sdp_host, self.rtmp_base
+        )
         stack.inbound = self
         controller.session_end_hooks.append(self.session_ended)
         controller.session_calls = self.live_calls
@@ -371,22 +371,22 @@ class CallManager:
         metrics.gauge_fn(
             "mpb2bua_media_clock_late_ticks",
             "Media ticks run late (all time)",
-            lambda: float(self.clock.late_ticks),
+            lambda: float(self.backend.clock_stats()["late_ticks"]),
         )
         metrics.gauge_fn(
             "mpb2bua_media_tick_lag_max_seconds",
             "Largest delay of a media tick behind its 20 ms grid point (all time)",
-            lambda: self.clock.lag_max_ms / 1000.0,
+            lambda: self.backend.clock_stats()["lag_max_ms"] / 1000.0,
         )
         metrics.gauge_fn(
             "mpb2bua_media_tick_busy_max_seconds",
             "Longest a media tick's own work ran (all time): at 20 ms the next tick cannot start on time",
-            lambda: self.clock.busy_max_ms / 1000.0,
+            lambda: self.backend.clock_stats()["busy_max_ms"] / 1000.0,
         )
         metrics.gauge_fn(
             "mpb2bua_media_ticks_lagging_5ms",
             "Media ticks that began more than 5 ms behind their grid point (all time)",
-            lambda: float(sum(self.clock.lag_counts[3:])),
+            lambda: float(self.backend.clock_stats()["ticks_lagging_5ms"]),
         )
 
     def _states(self) -> dict[tuple[str, ...], float]:
@@ -396,7 +396,7 @@ class CallManager:
         return out
 
     def counts(self) -> dict[str, int]:
-        return {"calls": len(self.calls), "rtp_ports": len(self.ports.in_use)}
+        return {"calls": len(self.calls), "rtp_ports": self.backend.rtp_ports_in_use()}
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def _session_calls(self, session: Session) -> list[Call]:
@@ -406,10 +406,7 @@ class CallManager:
         self.calls.pop(call.id, None)
         self.watchdog.unwatch(call)
         call.stop_media()
-        self.streams.remove(call.media.push_key)
-        self.streams.remove(call.media.play_key)
-        call.media.close()
-        call.players = None  # the group's callbacks point back at the call: no cycle to collect
+        call.engine.close()
 
     def _media_timeout(self, call: Call, reason: str) -> None:
         """The watchdog found an answered call without media for too long: BYE (with the Reason
@@ -420,6 +417,19 @@ class CallManager:
         call.media_timeout = reason
         call.invite.hangup(reason=reason_header("MEDIA_TIMEOUT"))
 
+    def media_failed(self, call: Call, reason: str) -> None:
+        """The call's media worker died: BYE (CANCEL, or a 503 to a ringing INVITE) and `hangup`
+        MEDIA_WORKER_FAILED."""
+        if call.state == "ended" or call.invite is None:
+            return
+        call.media_failure = reason
+        if call.invite.state == "confirmed":
+            call.invite.hangup(reason=reason_header(MEDIA_WORKER_FAILED_REASON))
+        elif call.invite.state == "incoming" and call.direction == "inbound":
+            self._reject(call, 503)
+        else:
+            call.invite.hangup()
+
     def record_media(self, stats) -> None:
         self.m_rtp.labels("out").inc(stats.rtp_sent)
         self.m_rtp.labels("in").inc(stats.rtp_received)
@@ -427,10 +437,6 @@ class CallManager:
             value = getattr(stats, what)
             if value:
                 self.m_media.labels(what).inc(value)
-
-    def _register_streams(self, call: Call) -> None:
-        self.streams.add(call.media.push_key, "publish", call)
-        call.players = self.streams.add(call.media.play_key, "play", call).group
 
     def live_calls(self, session: Session) -> list[dict[str, Any]]:
         """The session's calls as ``resume`` reports them: enough to pick up a call whose
@@ -455,17 +461,15 @@ class CallManager:
             if call.state != "ended":  # a CANCEL/BYE may still be under way: free the media now
                 self.forget(call)
 
-    def _new_media(self, video: bool) -> MediaLeg:
-        media = MediaLeg(
-            self.reactor, self.ports, self.sdp_host, self.config.media.codecs, video, self.rtmp_base,
-            srtp=self.config.media.srtp,
-        )
-        try:
-            media.open()
-        except NoPortsAvailable:
-            log.error("no RTP ports left: call refused")
-            raise
-        return media
+    def _new_media(self, video: bool) -> Deferred:
+        """A leg's media handle (b2bua/media/backend.py); fails with NoPortsAvailable."""
+
+        def refused(f):
+            if f.check(NoPortsAvailable):
+                log.error("no RTP ports left: call refused ({e})", e=f.getErrorMessage())
+            return f
+
+        return self.backend.new_leg(video).addErrback(refused)
 
     def _get_call(self, client: Client, params: dict[str, Any], allowed: frozenset[str]) -> Call:
         reject_unknown_params(params, allowed)
@@ -476,7 +480,7 @@ class CallManager:
         return call
 
     # -- outbound ---------------------------------------------------------------------------------------
-    def call(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+    def call(self, client: Client, params: dict[str, Any]) -> Deferred:
         """``call {to, video?, headers?}`` → ``{call, push_url, play_url}``."""
         started = time.perf_counter()
         reject_unknown_params(params, frozenset({"to", "video", "headers"}))
@@ -490,13 +494,25 @@ class CallManager:
             raise RpcError("bad_state", detail="not registered")
         if len(self._session_calls(session)) >= self.config.calls.max_per_session:
             raise RpcError("too_many_calls")
-        try:
-            media = self._new_media(video)
-        except NoPortsAvailable:
-            raise RpcError("media_unavailable") from None
-        call = Call(self, session, "outbound", media, video)
+
+        def no_media(f):
+            f.trap(NoPortsAvailable)
+            raise RpcError("media_unavailable")
+
+        d = self._new_media(video).addCallbacks(
+            lambda engine: self._place_call(session, to_uri, video, headers, engine, started), no_media
+        )
+        return d
+
+    def _place_call(
+        self, session: Session, to_uri: str, video: bool, headers, engine, started: float
+    ) -> dict[str, Any]:
+        if session.registration is None or session.registration.state != "registered":
+            engine.close()  # unregistered while its media was being set up
+            raise RpcError("bad_state", detail="not registered")
+        media = engine.leg
+        call = Call(self, session, "outbound", engine, video)
         self.calls[call.id] = call
-        self._register_streams(call)
         call.invite = InviteSession.outgoing(
             self.stack, session.registration, to_uri, media.make_offer(), call, headers
         )
@@ -535,30 +551,38 @@ class CallManager:
             return
         offer = _sdp_body(request)
         video = offer is not None and b"m=video" in offer and b"m=video 0 " not in offer
+        # the SDP answer names the RTP ports: the legs first (at once in-process; a worker answers)
+        allocations = [self._new_media(video) for _ in sessions]
+        DeferredList(allocations, consumeErrors=True).addCallback(
+            lambda results: self._ring(reg, request, txn, sessions, offer, video, results)
+        ).addErrback(lambda f: log.failure("incoming INVITE", f))
+
+    def _ring(self, reg: Registration, request: Request, txn: ServerTransaction, sessions: list[Session],
+              offer: bytes | None, video: bool, results: list) -> None:
+        engines = [engine for ok, engine in results if ok]  # ring those that got media
         group = RingGroup()
-        legs: list[tuple[Session, MediaLeg, bytes]] = []
+        legs: list[tuple[Session, Any, bytes]] = []
         try:
-            for session in sessions:
-                try:
-                    media = self._new_media(video)
-                except NoPortsAvailable:
-                    break  # ring those that got media
-                legs.append((session, media, b""))
+            for session, engine in zip(sessions, engines, strict=False):
+                media = engine.leg
+                legs.append((session, engine, b""))
                 if offer is not None:
                     answer, _ = media.answer_offer(offer)
                 else:
                     answer = media.make_offer()  # offer in our 2xx, answer in the ACK
-                legs[-1] = (session, media, answer)
+                legs[-1] = (session, engine, answer)
         except MediaNegotiationError as e:
             log.warn("incoming INVITE from {src} refused: {e}", src=request.headers.get("From"), e=e)
-            for _, media, _ in legs:
-                media.close()
+            for engine in engines:
+                engine.close()
             txn.respond(
                 make_response(
                     request, 488, f"Not Acceptable Here ({_ascii(str(e))})", to_tag=secrets.token_hex(6)
                 )
             )
             return
+        for engine in engines[len(legs):]:
+            engine.close()
         if not legs:
             txn.respond(
                 make_response(
@@ -569,22 +593,22 @@ class CallManager:
         try:
             group.invite = InviteSession.incoming(self.stack, reg, request, txn, group)
         except DialogError as e:
-            for _, media, _ in legs:
-                media.close()
+            for _, engine, _ in legs:
+                engine.close()
             txn.respond(
                 make_response(request, 400, f"Bad Request ({_ascii(str(e))})", to_tag=secrets.token_hex(6))
             )
             return
         caller = _name_addr(request.headers.get("From"))
         headers = {n: v for n, v in request.headers if n.lower().startswith("x-")} or None
-        for session, media, answer in legs:
-            call = Call(self, session, "inbound", media, video)
+        for session, engine, answer in legs:
+            media = engine.leg
+            call = Call(self, session, "inbound", engine, video)
             call.invite = group.invite
             call.answer_sdp = answer
             call.state = "incoming"
             group.add(call)
             self.calls[call.id] = call
-            self._register_streams(call)
             self.m_started.labels("inbound").inc()
             call.announced = {
                 "from": caller.uri.user if caller else None,
@@ -691,11 +715,14 @@ class CallManager:
         mode = params.get("mode") or self.config.media.dtmf
         if mode not in ("auto", "rfc4733", "info"):
             raise RpcError.invalid_params("mode: auto, rfc4733 or info")
-        rfc4733 = call.bridge is not None and call.bridge.audio.dtmf_payload_type is not None
+        negotiated = call.media.negotiated
+        rfc4733 = (
+            call.engine.started and negotiated is not None and negotiated.audio.dtmf_payload_type is not None
+        )
         if mode == "rfc4733" and not rfc4733:
             raise RpcError("bad_state", detail="telephone-event was not negotiated")
         if mode != "info" and rfc4733:
-            call.bridge.send_dtmf(digits)
+            call.engine.send_dtmf(digits)
             return {"via": "rfc4733"}
         return self._send_digits(call, digits).addCallback(lambda _: {"via": "info"})
 
@@ -743,8 +770,8 @@ class CallManager:
             if answer is not None:
                 try:
                     call.media.accept_answer(answer)
-                    if call.bridge is not None:
-                        call.bridge.renegotiated(call.media.negotiated)
+                    if call.engine.started:
+                        call.engine.apply(call.media.negotiated)
                 except MediaNegotiationError as e:
                     log.warn("call {call}: bad answer to our re-INVITE: {e}", call=call.id, e=e)
             call.held = held
@@ -787,6 +814,12 @@ class CallManager:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+def sdp_host(config: Config) -> str:
+    """The address our SDP names for RTP."""
+    media = config.media
+    return media.sdp_host or config.sip.public_host or media.rtp_host or config.sip.listen_host
+
+
 def _status_result(response: Response) -> dict[str, Any]:
     if not 200 <= response.status < 300:
         raise RpcError("pbx_error", sip_status=response.status, detail=response.reason)

@@ -195,7 +195,8 @@ def call_with(direction="sendrecv", on_hold=False, held=False, remote_held=False
         receives=direction in ("sendrecv", "recvonly"),
     )
     call.media = SimpleNamespace(negotiated=SimpleNamespace(audio=audio))
-    call.held, call.remote_held, call.bridge = held, remote_held, bridge
+    call.held, call.remote_held = held, remote_held
+    call.engine = bridge if bridge is not None else SimpleNamespace(packets_in=0)
     return call
 
 

@@ -164,8 +164,10 @@ def run_round_trip(gateway, kamailio, tmp_path, codec: str, ptime: int = 20):
         call = gateway.node.calls.calls[result["call"]]
         uplink: list[tuple[float, int]] = []
         downlink: list[tuple[float, int]] = []
-        sink_audio = call.audio
-        call.audio = lambda ts, payload: (uplink.append((time.monotonic(), ts)), sink_audio(ts, payload))
+        sink_audio = call.engine.audio  # the publish sink
+        call.engine.audio = lambda ts, payload: (
+            uplink.append((time.monotonic(), ts)), sink_audio(ts, payload)
+        )
         send_audio = call.players.send_audio
         group = call.players
 
