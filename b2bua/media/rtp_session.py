@@ -459,7 +459,7 @@ class RtpSession:
     def _on_report_block(self, block: ReportBlock) -> None:
         if block.ssrc != self.sender.ssrc or not block.lsr:
             return
-        rtt = rtt_seconds(ntp_middle32(ntp_from_unix(self.clock())), block.lsr, block.dlsr)
+        rtt = rtt_seconds(ntp_from_unix(self.clock()), block.lsr, block.dlsr)  # it takes the 64-bit time
         if rtt is not None:
             self.stats.rtt_ms = rtt * 1000
 
