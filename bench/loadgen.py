@@ -408,6 +408,8 @@ def run_media(args, tmp: Path) -> dict:
     users_needed = max(steps)
     node_core, worker_cores = placement(args)
     gw_args = (["--hooks"] if args.hooks else []) + [a for kv in args.gw_set for a in ("--set", kv)]
+    if args.tick_slices:
+        gw_args += ["--tick-slices", str(args.tick_slices)]
     if worker_cores:
         gw_args += ["--worker-cores", ",".join(map(str, worker_cores))]
     users_list = list(range(1000, 1000 + users_needed)) + [ECHO_USER]
@@ -428,6 +430,7 @@ def run_media(args, tmp: Path) -> dict:
         "burst": args.burst,
         "window_s": args.window,
         "media_workers": workers,
+        "tick_slices": args.tick_slices or 1,
         "node_core": node_core,
         "worker_cores": worker_cores,
         "loadavg_start": loadavg(),
@@ -975,6 +978,7 @@ def main() -> None:
         help="comma-separated media.workers values, one gateway each, run one after the other "
         "in this process (e.g. 0,1,2); the result holds one run per value",
     )
+    m.add_argument("--tick-slices", type=int, help="media clock sub-ticks per 20 ms (item-3 A/B)")
     m.add_argument("--gw-core", type=int, help="the node process's core (default: see placement())")
     m.add_argument("--worker-cores", help="comma-separated core per media worker (default: alternate 0, 1)")
     r = sub.add_parser("register")
