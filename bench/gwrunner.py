@@ -663,17 +663,7 @@ def main() -> None:
         default="",
         help="comma-separated CPU per media worker (worker i on the i-th; default: this process's)",
     )
-    parser.add_argument(
-        "--tick-slices",
-        type=int,
-        help="sub-ticks per 20 ms media period (b2bua.media.tick.DEFAULT_SLICES), node and workers",
-    )
     args = parser.parse_args()
-    if args.tick_slices:
-        from b2bua.media import tick
-
-        tick.DEFAULT_SLICES = args.tick_slices
-        os.environ["BENCH_TICK_SLICES"] = str(args.tick_slices)  # bench/workerenv/sitecustomize.py
     hooks = None
     if args.hooks:
         import hooks as hooks_mod  # bench/hooks.py, next to this file

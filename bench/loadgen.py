@@ -364,6 +364,29 @@ def core_steal(core: int) -> float:
     return 0.0
 
 
+def late_by_worker(streams: list[dict], workers: int) -> list[dict]:
+    """The far end's late-packet counts split by the media worker that sent them: worker i
+    binds RTP in its own slice of media.rtp_port_min–max (b2bua.media.worker.worker_port_range)."""
+    if not workers:
+        return []
+    from b2bua.config import MediaConfig
+    from b2bua.media.worker import worker_port_range
+
+    media = MediaConfig()
+    ranges = [worker_port_range(media.rtp_port_min, media.rtp_port_max, i, workers) for i in range(workers)]
+    out = [{"streams": 0, "received": 0, "late": 0, "max_late_ms": 0.0} for _ in range(workers)]
+    for st in streams:
+        port = int(st["addr"].rsplit(":", 1)[1])
+        for i, (low, high) in enumerate(ranges):
+            if low <= port <= high:
+                o = out[i]
+                o["streams"] += 1
+                o["received"] += st["received"]
+                o["late"] += st["late"]
+                o["max_late_ms"] = max(o["max_late_ms"], st["max_late_ms"])
+    return out
+
+
 def gateway_workers(gw_set: list[str]) -> int:
     """``media.workers`` of the gateway under test: a --gw-set override, else the config default."""
     from b2bua.config import MediaConfig
@@ -408,8 +431,6 @@ def run_media(args, tmp: Path) -> dict:
     users_needed = max(steps)
     node_core, worker_cores = placement(args)
     gw_args = (["--hooks"] if args.hooks else []) + [a for kv in args.gw_set for a in ("--set", kv)]
-    if args.tick_slices:
-        gw_args += ["--tick-slices", str(args.tick_slices)]
     if worker_cores:
         gw_args += ["--worker-cores", ",".join(map(str, worker_cores))]
     users_list = list(range(1000, 1000 + users_needed)) + [ECHO_USER]
@@ -430,7 +451,6 @@ def run_media(args, tmp: Path) -> dict:
         "burst": args.burst,
         "window_s": args.window,
         "media_workers": workers,
-        "tick_slices": args.tick_slices or 1,
         "node_core": node_core,
         "worker_cores": worker_cores,
         "loadavg_start": loadavg(),
@@ -509,6 +529,7 @@ def run_media(args, tmp: Path) -> dict:
             late = sum(s["late"] for s in streams)
             received = sum(s["received"] for s in streams)
             stalls = sum(1 for _, g in gaps if g > 100)
+            by_worker = late_by_worker(streams, workers)
             # node + its workers; a worker that (re)started in the window counts from 0
             worker_cpu = {pid: c - g0["workers"].get(pid, 0.0) for pid, c in g1["workers"].items()}
             node_cpu = g1["node"] - g0["node"]
@@ -526,6 +547,7 @@ def run_media(args, tmp: Path) -> dict:
                 "worker_cpu_util": [c / wall for _, c in sorted(worker_cpu.items())],
                 "worker_pids_changed": sorted(g0["workers"]) != sorted(g1["workers"]),
                 "worker_bridges": [w["bridges"] for w in gw.get("workers", [])],
+                **({"rtp_late_by_worker": by_worker} if by_worker else {}),
                 "loadgen_cpu_util": (own1 - own0) / wall,
                 "echo_cpu_util": (echo1 - echo0) / wall,
                 "rtp_streams_seen": len(streams),
@@ -978,7 +1000,6 @@ def main() -> None:
         help="comma-separated media.workers values, one gateway each, run one after the other "
         "in this process (e.g. 0,1,2); the result holds one run per value",
     )
-    m.add_argument("--tick-slices", type=int, help="media clock sub-ticks per 20 ms (item-3 A/B)")
     m.add_argument("--gw-core", type=int, help="the node process's core (default: see placement())")
     m.add_argument("--worker-cores", help="comma-separated core per media worker (default: alternate 0, 1)")
     r = sub.add_parser("register")

@@ -3,11 +3,6 @@
 A timer per call would cost a reactor wake-up per call per packet; one tick that walks the
 live bridges is what lets a Python process carry hundreds of calls. When the reactor is late,
 the missed ticks are replayed at once so every stream keeps its 20 ms grid on average.
-
-With ``slices`` > 1 the period is cut into that many sub-ticks, and each call is served by one
-of them (the least-populated slice when it joins): every call keeps a 20 ms grid of its own,
-offset by its slice, and no single burst of every call's codec work holds the reactor for the
-other calls' RTP and the RTMP reads.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ log = Logger()
 
 PTIME = 0.020
 MAX_CATCH_UP = 5  # beyond 100 ms late, skip ahead instead of bursting
-DEFAULT_SLICES = 1  # sub-ticks per PTIME (see the module doc)
 # upper bounds (ms) of the tick-lag histogram: how long after its 20 ms grid point a tick began
 LAG_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, float("inf"))
 # upper bounds (ms) of the tick-duration histogram: the tick's own work, all calls, both phases
@@ -38,24 +32,12 @@ class Ticking(Protocol):
 
 class MediaClock:
     def __init__(
-        self,
-        reactor,
-        interval: float = PTIME,
-        timer: Callable[[], float] = time.perf_counter,
-        slices: int | None = None,
+        self, reactor, interval: float = PTIME, timer: Callable[[], float] = time.perf_counter
     ) -> None:
         self.reactor = reactor
         self.timer = timer
-        self.period = interval  # each member's own tick interval
-        self.slices = slices if slices is not None else DEFAULT_SLICES
-        if self.slices < 1:
-            raise ValueError("slices must be ≥ 1")
-        self.interval = interval / self.slices  # the clock's own (sub-)tick interval
+        self.interval = interval
         self.members: set[Ticking] = set()
-        # members by slice, in joining order; a sub-tick serves one slice, in turn
-        self._slice_members: list[dict[Ticking, None]] = [{} for _ in range(self.slices)]
-        self._slice_of: dict[Ticking, int] = {}
-        self._next_slice = 0  # the slice the next sub-tick serves
         self.ticks = 0
         self.late_ticks = 0
         self.skipped_ticks = 0
@@ -70,33 +52,18 @@ class MediaClock:
         self._loop.clock = reactor
 
     def add(self, member: Ticking) -> None:
-        if member not in self.members:
-            k = min(range(self.slices), key=lambda i: len(self._slice_members[i]))
-            self._slice_members[k][member] = None
-            self._slice_of[member] = k
         self.members.add(member)
         if not self._loop.running:
             self._due = self.reactor.seconds() + self.interval
-            self._next_slice = 0
             self._loop.start(self.interval, now=False)
 
     def discard(self, member: Ticking) -> None:
-        self._drop(member)
+        self.members.discard(member)
         if not self.members and self._loop.running:
             self._loop.stop()
 
-    def _drop(self, member: Ticking) -> None:
-        """Forget a member from inside a tick (the loop itself goes on)."""
-        self.members.discard(member)
-        k = self._slice_of.pop(member, None)
-        if k is not None:
-            self._slice_members[k].pop(member, None)
-
     def stop(self) -> None:
         self.members.clear()
-        self._slice_of.clear()
-        for group in self._slice_members:
-            group.clear()
         if self._loop.running:
             self._loop.stop()
 
@@ -120,8 +87,8 @@ class MediaClock:
 
     def _ticks_due(self, now: float, loop_count: int) -> int:
         """How many grid points are due by ``now``, from the clock's own grid: LoopingCall's count
-        comes from float division and now and then loses or gains one, which would shift a
-        sliced member's phase (or cost an unsliced one 20 ms of RTP)."""
+        comes from a float division and now and then loses one (seen with task.Clock at 5 ms),
+        which would cost every call 20 ms of RTP."""
         if self._due is None:
             return loop_count
         return int((now - self._due) / self.interval + 1e-3) + 1
@@ -135,29 +102,22 @@ class MediaClock:
         self._record_lag(now, count)  # the grid moves by every due point, skipped ones included
         if count > 1:
             self.late_ticks += count - 1
-        limit = MAX_CATCH_UP * self.slices  # in sub-ticks: the same 100 ms whatever the slicing
-        if count > limit:
-            skipped = count - limit
-            self.skipped_ticks += skipped
-            # the skipped sub-ticks' slices are passed over too: each call keeps its phase
-            self._next_slice = (self._next_slice + skipped) % self.slices
-            count = limit
+        if count > MAX_CATCH_UP:
+            self.skipped_ticks += count - MAX_CATCH_UP
+            count = MAX_CATCH_UP
         now_ms = now * 1000.0
         for i in range(count):
             self.ticks += 1
             at = now_ms - (count - 1 - i) * self.interval * 1000.0
-            k = self._next_slice
-            self._next_slice = (k + 1) % self.slices
-            members = list(self._slice_members[k])
-            # every call's RTP (of this slice) leaves first, so no packet waits for other calls'
-            # AAC encoding
+            members = list(self.members)
+            # every call's RTP leaves first, so no packet waits for other calls' AAC encoding
             for phase in ("tick_up", "tick_down"):
                 for member in members:
                     try:
                         getattr(member, phase)(at)
                     except Exception:
                         log.failure("media {phase} failed for {member!r}", phase=phase, member=member)
-                        self._drop(member)
+                        self.members.discard(member)
         busy_ms = (self.timer() - started) * 1000.0
         self._count(self.busy_counts, BUSY_BUCKETS_MS, busy_ms)
         if busy_ms > self.busy_max_ms:

@@ -22,8 +22,6 @@ if _DIR:
     from b2bua.media import bridge as _bridge_mod
     from b2bua.media import tick as _tick
 
-    if os.environ.get("BENCH_TICK_SLICES"):  # gwrunner --tick-slices
-        _tick.DEFAULT_SLICES = int(os.environ["BENCH_TICK_SLICES"])
     _clocks: list = []
     _bridges: weakref.WeakSet = weakref.WeakSet()
     _hooks = None
