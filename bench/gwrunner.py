@@ -31,6 +31,7 @@ import argparse
 import gc
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -61,13 +62,43 @@ def proc_rss(pid: int | str = "self") -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def free_port_run(count: int, tries: int = 50) -> int:
+    """A TCP port p such that p … p + count - 1 are all free on loopback: media worker i listens
+    for RTMP on rtmp.listen's port + i."""
+    import socket
+
+    for _ in range(tries):
+        base = free_port("tcp")
+        socks = []
+        try:
+            for i in range(count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free TCP ports")
+
+
+def workers_wanted(sets: list[str]) -> int:
+    for item in sets:
+        key, _, value = item.partition("=")
+        if key == "media__workers":
+            return int(value)
+    return Config().media.workers
+
+
 def build_config(pbx: str, sets: list[str]) -> Config:
     config = Config()
     ws_port, http_port, sip_port, rtmp_port = (
         free_port("tcp"),
         free_port("tcp"),
         free_port("both"),
-        free_port("tcp"),
+        free_port_run(max(1, workers_wanted(sets))),
     )
     config.websocket.listen = f"tcp:{ws_port}:interface=127.0.0.1:backlog=4096"
     config.rtmp.listen = f"tcp:{rtmp_port}:interface=127.0.0.1:backlog=4096"
@@ -383,6 +414,30 @@ class Control(LineReceiver):
             self.node.stopService()
             reactor.callLater(0.2, reactor.stop)
 
+    def worker_snapshots(self) -> list[dict]:
+        """Each running media worker's own counters (bench/workerenv/sitecustomize.py: SIGUSR1
+        makes it write them), with its CPU; waits at most 3 s for them."""
+        pool = getattr(self.node, "media_workers", None)
+        if pool is None:
+            return []
+        out_dir = Path(os.environ["BENCH_WORKER_STATS_DIR"])
+        pids = [w.pid for w in pool.workers if w.pid is not None]
+        for pid in pids:
+            (out_dir / f"worker-{pid}.json").unlink(missing_ok=True)
+            os.kill(pid, signal.SIGUSR1)
+        snaps = []
+        deadline = time.monotonic() + 3.0
+        for pid in pids:
+            path = out_dir / f"worker-{pid}.json"
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if path.exists():
+                snap = json.loads(path.read_text())
+                snap["cpu_s"] = proc_cpu(pid)
+                snap["rss"] = proc_rss(pid)
+                snaps.append(snap)
+        return snaps
+
     def snapshot(self) -> dict:
         node = self.node
         calls = node.calls
@@ -450,6 +505,28 @@ class Control(LineReceiver):
         out["live_calls"] = live
         if self.hooks is not None:
             out["latency"] = self.hooks.take()
+        workers = self.worker_snapshots()
+        if workers:
+            # the media runs in the workers: their clocks, bridges and latency samples are the
+            # gateway's (the node's own clock is idle)
+            out["node_clock"] = out["clock"]
+            out["workers"] = workers
+            clocks = [w["clock"] for w in workers]
+            out["clock"] = {
+                "ticks": sum(c["ticks"] for c in clocks),
+                "late": sum(c["late"] for c in clocks),
+                "skipped": sum(c["skipped"] for c in clocks),
+                "members": sum(c["members"] for c in clocks),
+                "lag_counts": [sum(x) for x in zip(*(c["lag_counts"] for c in clocks), strict=True)],
+                "lag_max_ms": max(c["lag_max_ms"] for c in clocks),
+                "busy_counts": [sum(x) for x in zip(*(c["busy_counts"] for c in clocks), strict=True)],
+                "busy_max_ms": max(c["busy_max_ms"] for c in clocks),
+            }
+            for key in ("bridges", "uplink_underruns", "uplink_dropped_ms", "concealed_ms"):
+                out[key] = out.get(key, 0) + sum(w[key] for w in workers)
+            lat = [w["latency"] for w in workers if "latency" in w]
+            if lat:
+                out["latency"] = {k: [x for one in lat for x in one.get(k, [])] for k in lat[0]}
         if self.stalls is not None:
             out["stalls"] = self.stalls.take()
         return out
@@ -551,11 +628,41 @@ def install_stall_sampler(reactor_) -> StallSampler:
     return sampler
 
 
+def prepare_workers(hooks: bool, cores: list[int]) -> None:
+    """Media workers inherit this environment: bench/workerenv/sitecustomize.py instruments them
+    (and with ``hooks``, bench/hooks.py too). With ``cores``, worker i is pinned to cores[i % n]
+    at each (re)spawn."""
+    bench = Path(__file__).resolve().parent
+    out_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"mpb2bua-bench-workers-{os.getpid()}"
+    out_dir.mkdir(exist_ok=True)
+    path = [str(bench / "workerenv"), str(bench), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+    os.environ["BENCH_WORKER_STATS_DIR"] = str(out_dir)
+    if hooks:
+        os.environ["BENCH_WORKER_HOOKS"] = "1"
+    if not cores:
+        return
+    from b2bua.media.workers import MediaWorker
+
+    orig_spawn = MediaWorker.spawn
+
+    def spawn(worker, _orig=orig_spawn):
+        _orig(worker)
+        os.sched_setaffinity(worker.pid, {cores[worker.index % len(cores)]})
+
+    MediaWorker.spawn = spawn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pbx", required=True)
     parser.add_argument("--hooks", action="store_true", help="latency instrumentation (bench/hooks.py)")
     parser.add_argument("--set", action="append", default=[], metavar="section__key=value")
+    parser.add_argument(
+        "--worker-cores",
+        default="",
+        help="comma-separated CPU per media worker (worker i on the i-th; default: this process's)",
+    )
     args = parser.parse_args()
     hooks = None
     if args.hooks:
@@ -564,6 +671,8 @@ def main() -> None:
         hooks_mod.install()
         hooks = hooks_mod
     config = build_config(args.pbx, args.set)
+    if config.media.workers:
+        prepare_workers(args.hooks, [int(c) for c in args.worker_cores.split(",") if c])
     node = make_node(config, reactor)
     control = Control(node, hooks)
     # REGISTER send times, for the refresh-spreading histogram (a wrapper on the SIP transport)

@@ -6,7 +6,7 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
 - uplink, per RTMP audio message: from the call of ``AudioBridge.publisher_audio`` (made from
   the RTMP protocol's ``dataReceived``, i.e. at the socket read, after the chunk parser) until
   the RTP packet carrying the message's *last* PCM sample has been written
-  (``AudioBridge._tick_up`` returned; ``_send`` is a synchronous ``sendto``). Samples are
+  (``AudioBridge.tick_up`` returned; the send is a synchronous ``sendto``). Samples are
   counted through ``PcmFifo`` by its level before/after each call, FIFO trims included.
 - uplink_first, per RTMP audio message: the same, until the RTP packet carrying the message's
   *first* sample has been written. The difference to ``uplink`` is the message's own duration
@@ -14,7 +14,7 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
   whose first sample was dropped (trim, or the adaptive FIFO giving delay back) is not counted.
   Drops from the middle of the FIFO (at its quietest point) are counted as if from its head:
   the error is at most the drop (≤ 20 ms, at most once per 2 s per call).
-- downlink, per RTP packet: from ``AudioBridge._rtp_in`` (the UDP socket's
+- downlink, per RTP packet: from ``RtpSession._rtp_in`` (the UDP socket's
   ``datagramReceived``) until the FLV tag of the AAC frame holding the packet's last sample has
   been written to the player (``PlayerGroup.send_audio`` returned). The AAC encoder holds one
   frame of look-ahead (``AacEncoder.delay`` = 1024): output frame k covers input samples
@@ -22,8 +22,9 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
 - downlink_first: per AAC frame, from the arrival of the RTP packet holding the frame's *first*
   sample to the frame's write: the worst sample of each frame (framing wait included).
 
-Hook points used: publisher_audio, _tick_up, _rtp_in, pcm_to_players (AudioBridge),
-JitterBuffer.get, PlayerGroup.send_audio. All exist as methods, so no gateway change is needed.
+Hook points used: publisher_audio, tick_up, pcm_to_players (AudioBridge), _rtp_in and pull
+(RtpSession), PlayerGroup.send_audio. All exist as methods, so no gateway change is needed.
+With media workers the same hooks run inside each worker (bench/workerenv/sitecustomize.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from collections import deque
 from time import perf_counter
 
 from b2bua.media import bridge as bridge_mod
-from b2bua.media.jitterbuffer import Frame, JitterBuffer
+from b2bua.media.jitterbuffer import Frame
+from b2bua.media.rtp_session import RtpSession
 from b2bua.rtmp.streams import PlayerGroup
 
 AAC = 1024
@@ -93,8 +95,10 @@ def _state(b) -> dict:
 
 def install() -> None:
     AB = bridge_mod.AudioBridge
-    orig_pub, orig_up, orig_rtp_in = AB.publisher_audio, AB._tick_up, AB._rtp_in
-    orig_pcm, orig_get, orig_send = AB.pcm_to_players, JitterBuffer.get, PlayerGroup.send_audio
+    # since the RTP session and codec pipeline were split out of the bridge (issue 11 items 1-2):
+    # RTP arrives in RtpSession._rtp_in, the downlink pulls a list of items per tick
+    orig_pub, orig_up, orig_rtp_in = AB.publisher_audio, AB.tick_up, RtpSession._rtp_in
+    orig_pcm, orig_pull, orig_send = AB.pcm_to_players, RtpSession.pull, PlayerGroup.send_audio
 
     def publisher_audio(self, timestamp_ms, payload):
         t = perf_counter()
@@ -103,7 +107,7 @@ def install() -> None:
         level0 = fifo.level()
         dropped0 = self.stats.uplink_dropped_ms
         orig_pub(self, timestamp_ms, payload)
-        dropped = round((self.stats.uplink_dropped_ms - dropped0) * self.encoder.sample_rate / 1000)
+        dropped = round((self.stats.uplink_dropped_ms - dropped0) * self.pipeline.sample_rate / 1000)
         put = fifo.level() - level0 + dropped
         if put > 0:
             st["up_first_q"].append((st["up_put"] + 1, t))  # its first sample's position
@@ -125,15 +129,15 @@ def install() -> None:
             if now is not None:
                 uplink_first_ms.append((now - t_arr) * 1000)
 
-    def _tick_up(self):
+    def tick_up(self, now_ms):
         fifo = self.fifo
         level0 = fifo.level()
-        orig_up(self)
+        orig_up(self, now_ms)
         taken = level0 - fifo.level()
         if taken > 0:
             _consume_up(_state(self), taken, perf_counter())
 
-    def _rtp_in(self, data, addr):
+    def _rtp_in(self, data, addr):  # RtpSession's: its arrivals kept on the session
         t = perf_counter()
         if len(data) >= 12:
             st = _state(self)
@@ -144,16 +148,17 @@ def install() -> None:
                 st["arr"].pop(st["arr_q"].popleft(), None)
         orig_rtp_in(self, data, addr)
 
-    def get(self, now_ms):
-        item = orig_get(self, now_ms)
-        _current["item"] = item
-        return item
+    def pull(self, now_ms, tick_ms):
+        items = orig_pull(self, now_ms, tick_ms)
+        _current["item"] = next((i for i in items or () if isinstance(i, Frame)), None)
+        return items
 
     def pcm_to_players(self, pcm):
         st = _state(self)
         item, _current["item"] = _current["item"], None
-        t_arr = st["arr"].get(item.timestamp) if isinstance(item, Frame) else None
-        n = len(pcm) // 2 * self.aac_rate // self.decoder_rate()
+        arr = _state(self.session)["arr"]
+        t_arr = arr.get(item.timestamp) if isinstance(item, Frame) else None
+        n = len(pcm) // 2 * self.aac_rate // self.pipeline.sample_rate
         st["dl_in"] += n
         st["dl_q"].append((st["dl_in"] - n, st["dl_in"], t_arr))
         _current["bridge"] = self
@@ -183,8 +188,8 @@ def install() -> None:
                 downlink_ms.append((now - t_arr) * 1000)
 
     AB.publisher_audio = publisher_audio
-    AB._tick_up = _tick_up
-    AB._rtp_in = _rtp_in
+    AB.tick_up = tick_up
+    RtpSession._rtp_in = _rtp_in
     AB.pcm_to_players = pcm_to_players
-    JitterBuffer.get = get
+    RtpSession.pull = pull
     PlayerGroup.send_audio = send_audio

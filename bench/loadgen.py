@@ -124,11 +124,46 @@ def spawn(name: str, args: list[str], core: int | None = None) -> LineProc:
     return proto
 
 
+def proc_children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (/proc/<pid>/task/*/children): a node's media workers."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+    return sorted(set(out))
+
+
+def gw_cpu(pid: int) -> dict:
+    """CPU seconds so far of the node process and of each of its children (media workers)."""
+    kids = {}
+    for c in proc_children(pid):
+        try:
+            kids[c] = proc_cpu(c)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return {"node": proc_cpu(pid), "workers": kids}
+
+
+def loadavg() -> list[float]:
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
 class Peers:
     """Kamailio + echo UAS + gateway, started in order; ``stop()`` ends them all."""
 
-    def __init__(self, tmp: Path, users, gw_args=(), kam_kwargs=None, echo=True) -> None:
+    def __init__(
+        self, tmp: Path, users, gw_args=(), kam_kwargs=None, echo=True, gw_core: int = GW_CORE
+    ) -> None:
         self.tmp, self.users, self.gw_args, self.echo_wanted = tmp, users, list(gw_args), echo
+        self.gw_core = gw_core
         self.kam_kwargs = kam_kwargs or {}
         self.kam = self.echo = self.gw = None
 
@@ -150,11 +185,11 @@ class Peers:
         self.gw = spawn(
             "gateway",
             [str(ROOT / "bench" / "gwrunner.py"), "--pbx", f"127.0.0.1:{self.kam.port}", *self.gw_args],
-            core=GW_CORE,
+            core=self.gw_core,
         )
         info = yield self.gw.hello
         self.gw_pid = info["pid"]
-        log(f"gateway pid {self.gw_pid} on core {GW_CORE}: {info}")
+        log(f"gateway pid {self.gw_pid} on core {self.gw_core}: {info}")
         return self
 
     @defer.inlineCallbacks
@@ -329,6 +364,56 @@ def core_steal(core: int) -> float:
     return 0.0
 
 
+def late_by_worker(streams: list[dict], workers: int) -> list[dict]:
+    """The far end's late-packet counts split by the media worker that sent them: worker i
+    binds RTP in its own slice of media.rtp_port_min–max (b2bua.media.worker.worker_port_range)."""
+    if not workers:
+        return []
+    from b2bua.config import MediaConfig
+    from b2bua.media.worker import worker_port_range
+
+    media = MediaConfig()
+    ranges = [worker_port_range(media.rtp_port_min, media.rtp_port_max, i, workers) for i in range(workers)]
+    out = [{"streams": 0, "received": 0, "late": 0, "max_late_ms": 0.0} for _ in range(workers)]
+    for st in streams:
+        port = int(st["addr"].rsplit(":", 1)[1])
+        for i, (low, high) in enumerate(ranges):
+            if low <= port <= high:
+                o = out[i]
+                o["streams"] += 1
+                o["received"] += st["received"]
+                o["late"] += st["late"]
+                o["max_late_ms"] = max(o["max_late_ms"], st["max_late_ms"])
+    return out
+
+
+def gateway_workers(gw_set: list[str]) -> int:
+    """``media.workers`` of the gateway under test: a --gw-set override, else the config default."""
+    from b2bua.config import MediaConfig
+
+    for kv in gw_set:
+        key, _, value = kv.partition("=")
+        if key == "media__workers":
+            return int(value)
+    return MediaConfig().workers
+
+
+def placement(args) -> tuple[int, list[int]]:
+    """(node's core, workers' cores). In-process media: the node alone on core 0, as before.
+    With workers: worker i on core i mod 2, the node (signalling only) on core 1 with the load
+    generator, Kamailio and the far end, so that one worker has core 0 to itself."""
+    n = gateway_workers(args.gw_set)
+    if args.gw_core is not None:
+        node = args.gw_core
+    else:
+        node = GW_CORE if n == 0 else LOAD_CORE
+    if args.worker_cores:
+        cores = [int(c) for c in args.worker_cores.split(",")]
+    else:
+        cores = [(GW_CORE, LOAD_CORE)[i % 2] for i in range(n)]
+    return node, cores
+
+
 def gateway_aac_rate(gw_set: list[str]) -> int:
     """The AAC rate the gateway under test uses: a --gw-set override, else the config default."""
     from b2bua.config import MediaConfig
@@ -344,12 +429,20 @@ def gateway_aac_rate(gw_set: list[str]) -> int:
 def run_media(args, tmp: Path) -> dict:
     steps = [int(s) for s in args.steps.split(",")]
     users_needed = max(steps)
-    peers = Peers(
-        tmp,
-        list(range(1000, 1000 + users_needed)) + [ECHO_USER],
-        gw_args=(["--hooks"] if args.hooks else []) + [a for kv in args.gw_set for a in ("--set", kv)],
-    )
+    node_core, worker_cores = placement(args)
+    gw_args = (["--hooks"] if args.hooks else []) + [a for kv in args.gw_set for a in ("--set", kv)]
+    if worker_cores:
+        gw_args += ["--worker-cores", ",".join(map(str, worker_cores))]
+    users_list = list(range(1000, 1000 + users_needed)) + [ECHO_USER]
+    peers = Peers(tmp, users_list, gw_args=gw_args, gw_core=node_core)
     yield peers.start()
+    workers = gateway_workers(args.gw_set)
+    if workers:
+        for _ in range(100):  # ≤ 10 s for the workers to start
+            if len(proc_children(peers.gw_pid)) >= workers:
+                break
+            yield sleep(0.1)
+        log(f"media workers {proc_children(peers.gw_pid)} on cores {worker_cores}")
     asc, frames = rtmpclient.encode_tone(10.0)
     users: list[User] = []
     result = {
@@ -357,6 +450,10 @@ def run_media(args, tmp: Path) -> dict:
         "hooks": args.hooks,
         "burst": args.burst,
         "window_s": args.window,
+        "media_workers": workers,
+        "node_core": node_core,
+        "worker_cores": worker_cores,
+        "loadavg_start": loadavg(),
         "steps": [],
         "command": " ".join(sys.argv),
     }
@@ -413,12 +510,13 @@ def run_media(args, tmp: Path) -> dict:
                 u.play.take_gaps()
             peers.echo.transport.write(b"reset\n")
             steal0 = core_steal(GW_CORE)
-            cpu0, t0 = proc_cpu(peers.gw_pid), time.monotonic()
+            la0 = loadavg()
+            g0, t0 = gw_cpu(peers.gw_pid), time.monotonic()
             own0 = proc_cpu()
             echo0 = proc_cpu(peers.echo.info["pid"])
             sent0 = sum(p.sent for p in publishers)
             yield sleep(args.window)
-            cpu1, t1 = proc_cpu(peers.gw_pid), time.monotonic()
+            g1, t1 = gw_cpu(peers.gw_pid), time.monotonic()
             own1, echo1 = proc_cpu(), proc_cpu(peers.echo.info["pid"])
             sent1 = sum(p.sent for p in publishers)
             steal1 = core_steal(GW_CORE)
@@ -431,13 +529,25 @@ def run_media(args, tmp: Path) -> dict:
             late = sum(s["late"] for s in streams)
             received = sum(s["received"] for s in streams)
             stalls = sum(1 for _, g in gaps if g > 100)
+            by_worker = late_by_worker(streams, workers)
+            # node + its workers; a worker that (re)started in the window counts from 0
+            worker_cpu = {pid: c - g0["workers"].get(pid, 0.0) for pid, c in g1["workers"].items()}
+            node_cpu = g1["node"] - g0["node"]
+            cpu0, cpu1 = 0.0, node_cpu + sum(worker_cpu.values())
             step = {
                 "calls": len(users),
                 "start_failures": len(failures),
                 "window_s": wall,
+                "loadavg": la0,
                 "gw_cpu_s": cpu1 - cpu0,
                 "gw_cpu_util": (cpu1 - cpu0) / wall,
                 "gw_cpu_ms_per_call_s": (cpu1 - cpu0) * 1000 / (len(users) * wall),
+                "node_cpu_util": node_cpu / wall,
+                "node_cpu_ms_per_call_s": node_cpu * 1000 / (len(users) * wall),
+                "worker_cpu_util": [c / wall for _, c in sorted(worker_cpu.items())],
+                "worker_pids_changed": sorted(g0["workers"]) != sorted(g1["workers"]),
+                "worker_bridges": [w["bridges"] for w in gw.get("workers", [])],
+                **({"rtp_late_by_worker": by_worker} if by_worker else {}),
                 "loadgen_cpu_util": (own1 - own0) / wall,
                 "echo_cpu_util": (echo1 - echo0) / wall,
                 "rtp_streams_seen": len(streams),
@@ -511,7 +621,7 @@ def run_media(args, tmp: Path) -> dict:
                     "py-spy",
                     "record",
                     "-p",
-                    str(peers.gw_pid),
+                    str(proc_children(peers.gw_pid)[0] if workers else peers.gw_pid),
                     "-d",
                     str(args.profile_seconds),
                     "-r",
@@ -885,6 +995,13 @@ def main() -> None:
     m.add_argument("--keep-going", action="store_true")
     m.add_argument("--profile", help="py-spy raw (collapsed) profile of the gateway at the last step")
     m.add_argument("--profile-seconds", type=int, default=15)
+    m.add_argument(
+        "--workers",
+        help="comma-separated media.workers values, one gateway each, run one after the other "
+        "in this process (e.g. 0,1,2); the result holds one run per value",
+    )
+    m.add_argument("--gw-core", type=int, help="the node process's core (default: see placement())")
+    m.add_argument("--worker-cores", help="comma-separated core per media worker (default: alternate 0, 1)")
     r = sub.add_parser("register")
     r.add_argument("--users", type=int, default=10000)
     r.add_argument("--expires", type=int, default=60)
@@ -907,7 +1024,17 @@ def main() -> None:
     def go():
         try:
             fn = {"media": run_media, "register": run_register, "setup": run_setup}[args.kind]
-            box["result"] = yield fn(args, tmp)
+            if args.kind == "media" and args.workers:
+                runs = []
+                for n in [int(x) for x in args.workers.split(",")]:
+                    one = argparse.Namespace(**vars(args))
+                    one.gw_set = [kv for kv in args.gw_set if not kv.startswith("media__workers=")]
+                    one.gw_set.append(f"media__workers={n}")
+                    log(f"=== media.workers = {n}")
+                    runs.append((yield fn(one, tmp)))
+                box["result"] = {"kind": "media-workers", "command": " ".join(sys.argv), "runs": runs}
+            else:
+                box["result"] = yield fn(args, tmp)
         except Exception:
             import traceback
 

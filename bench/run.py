@@ -28,6 +28,9 @@ def phases(short: bool, profile: bool) -> dict[str, list[str]]:
         return {
             "media": ["media", "--steps", "10,25", "--window", "5", "--warmup", "2", "--budget", "60"],
             "latency": ["media", "--hooks", "--steps", "10", "--window", "5", "--warmup", "2"],
+            "media-workers": [
+                "media", "--workers", "0,1,2", "--steps", "10,20", "--window", "5", "--warmup", "2"
+            ],
             "register": ["register", "--users", "1000", "--expires", "20", "--window", "25"],
             "setup": [
                 "setup",
@@ -58,6 +61,11 @@ def phases(short: bool, profile: bool) -> dict[str, list[str]]:
     return {
         "media": media,
         "latency": ["media", "--hooks", "--steps", "10,25,50", "--window", "15", "--keep-going"],
+        # media.workers 0, 1 and 2 one after the other (placement: bench/loadgen.py placement())
+        "media-workers": ["media", "--workers", "0,1,2", "--steps", "30,40,50,60,75", "--window", "15",
+                          "--keep-going", "--budget", "200"],
+        "latency-workers": ["media", "--hooks", "--workers", "0,1", "--steps", "10,25", "--window", "10",
+                            "--keep-going"],
         "register": ["register", "--users", "10000", "--expires", "60", "--window", "90"],
         "setup": [
             "setup",
@@ -203,7 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway at the last media step")
-    parser.add_argument("--only", help="comma list of phases: media,latency,register,setup")
+    parser.add_argument(
+        "--only", help="comma list of phases: media,latency,media-workers,latency-workers,register,setup"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-short" if args.short else ""

@@ -105,3 +105,26 @@ def test_tick_duration_is_measured():
     counts = dict(zip(BUSY_BUCKETS_MS, media.busy_counts, strict=True))
     assert counts[15.0] == 2 and sum(media.busy_counts) == 2
     assert 11.9 < media.busy_max_ms < 12.1
+
+
+def test_after_a_skip_the_lag_is_measured_against_the_true_grid():
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    media.add(Member("a", log))
+    clock.advance(0.020 * (MAX_CATCH_UP + 5))  # far behind: some ticks skipped
+    before = list(media.lag_counts)
+    clock.advance(0.020)  # then on time again
+    added = [b - a for a, b in zip(before, media.lag_counts, strict=True)]
+    assert added[0] == 1  # ≤ 1 ms late, not 100 ms behind a grid that forgot the skipped ticks
+
+
+def test_every_tick_is_served_although_the_loop_count_rounds_down():
+    # 5 ms steps of task.Clock accumulate float error: LoopingCall's own count lost one there
+    clock, log = Clock(), []
+    media = MediaClock(clock, interval=0.005)
+    media.add(Member("a", log))
+    for _ in range(40):
+        clock.advance(0.005)
+    ups = [t for kind, _, t in log if kind == "up"]
+    assert len(ups) == 40
+    assert {round(b - a, 6) for a, b in zip(ups, ups[1:], strict=False)} == {5.0}
