@@ -174,7 +174,9 @@ def install() -> None:
             return
         now = perf_counter()
         st = _state(b)
-        k = round(timestamp_ms * b.aac_rate / 1000 / AAC)
+        # the tag's timestamp counts from the bridge's first audio out (_audio_base_ms), the
+        # encoder's samples from 0: without the base, frames map to earlier samples than theirs
+        k = round((timestamp_ms - (b._audio_base_ms or 0)) * b.aac_rate / 1000 / AAC)
         start, end = (k - 1) * AAC, k * AAC
         q = st["dl_q"]
         for s0, s1, t_arr in q:  # first sample of the frame
