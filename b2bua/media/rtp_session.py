@@ -276,15 +276,8 @@ class RtpSession:
         if is_rtcp(data):  # rtcp-mux
             self._rtcp_in(data, addr)
             return
-        self.packets_in += 1
-        if self.srtp is not None:
-            data = self._unprotect(self.srtp, data, rtcp=False)
-            if data is None:
-                return
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpError:
-            self.stats.rtp_bad += 1
+        packet = self._packet_in(data, self.srtp)
+        if packet is None:
             return
         self.stats.rtp_received += 1
         pt = packet.payload_type
@@ -307,6 +300,20 @@ class RtpSession:
         source.stats.update(packet.ssrc, packet.sequence, packet.timestamp, now_ms)
         self.jitter.put(packet, now_ms)
 
+    def _packet_in(self, data: bytes, srtp: SrtpStream | None) -> RtpPacket | None:
+        """An RTP datagram from the far end, counted (the dead-call watchdog), unprotected and
+        parsed; None when it fails authentication or parsing (counted)."""
+        self.packets_in += 1
+        if srtp is not None:
+            data = self._unprotect(srtp, data, rtcp=False)
+            if data is None:
+                return None
+        try:
+            return RtpPacket.parse(data)
+        except RtpError:
+            self.stats.rtp_bad += 1
+            return None
+
     def _new_source(self, ssrc: int) -> RemoteSource:
         while len(self.sources) >= MAX_SOURCES:
             self.sources.pop(next(iter(self.sources)))
@@ -324,15 +331,8 @@ class RtpSession:
         if is_rtcp(data):
             self._rtcp_packets(data, addr, self.video_srtp, None)
             return
-        self.packets_in += 1
-        if self.video_srtp is not None:
-            data = self._unprotect(self.video_srtp, data, rtcp=False)
-            if data is None:
-                return
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpError:
-            self.stats.rtp_bad += 1
+        packet = self._packet_in(data, self.video_srtp)
+        if packet is None:
             return
         if packet.payload_type != video.payload_type:
             return
