@@ -334,7 +334,7 @@ class AudioBridge:
         session, p = self.session, self.pipeline
         items = session.pull(now_ms, TICK_MS)
         if items is None or not self.audio.receives:  # nothing due from the far end: silence
-            pcm = bytes(p.sample_rate * TICK_MS // 500)
+            pcm = p.tick_silence
         elif not items:  # the last packet still covers this tick (ptime > 20 ms)
             pcm = b""
         else:

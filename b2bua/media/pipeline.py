@@ -46,6 +46,7 @@ class CodecPipeline:
         self.encoder = RtpAudioEncoder(key.codec, channels=key.channels, ptime=key.ptime)
         self.decoder = RtpAudioDecoder(key.codec)
         self.sample_rate = self.encoder.sample_rate  # PCM rate, both directions
+        self.tick_silence = bytes(self.sample_rate * 2 * 20 // 1000)  # 20 ms of s16 mono, made once
         self.clock_rate = self.encoder.clock_rate  # RTP timestamp rate
         self.ptime = key.ptime
         self.frame_samples = self.encoder.samples_per_frame  # PCM samples per packet we send

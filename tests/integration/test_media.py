@@ -50,6 +50,31 @@ def ffmpeg(args: list[str], log) -> subprocess.Popen:
     )
 
 
+@defer.inlineCallbacks
+def streaming_player(play_url: str, tmp_path):
+    """An ffmpeg player recording ``play_url`` to ``held.flv`` with wall-clock timestamps, once it
+    writes as frames come: ffmpeg reads nothing for its first seconds, then takes what queued up
+    at once. Fires with (process, recording)."""
+    log = open(tmp_path / "ffmpeg.log", "wb")
+    heard = tmp_path / "held.flv"
+    play = ffmpeg(
+        ["-probesize", "32", "-analyzeduration", "100000", "-use_wallclock_as_timestamps", "1",
+         "-i", play_url, "-t", "30", "-c", "copy", "-flush_packets", "1", "-y", str(heard)],
+        log,
+    )
+    sizes = [0]
+
+    def streaming() -> bool:
+        size = heard.stat().st_size if heard.exists() else 0
+        grew = size > sizes[-1] > 2000
+        sizes.append(size)
+        return grew
+
+    yield wait_until(streaming, timeout=20, interval=0.5, what="ffmpeg recording as frames come")
+    yield sleep(1.0)
+    return play, heard
+
+
 def publisher(url: str, log) -> subprocess.Popen:
     total = TONE_START_S + TONE_SECONDS
     return ffmpeg(
@@ -543,25 +568,7 @@ def test_the_player_gets_frames_all_through_a_hold(gateway, echo_phone, tmp_path
         send_audio(ts, payload)
 
     group.send_audio = tap
-    log = open(tmp_path / "ffmpeg.log", "wb")
-    heard = tmp_path / "held.flv"
-    play = ffmpeg(
-        ["-probesize", "32", "-analyzeduration", "100000", "-use_wallclock_as_timestamps", "1",
-         "-i", result["play_url"], "-t", "30", "-c", "copy", "-flush_packets", "1", "-y", str(heard)],
-        log,
-    )
-    # ffmpeg reads nothing for its first seconds (it then takes what queued up at once): hold
-    # only once it writes as frames come
-    sizes = [0]
-
-    def streaming() -> bool:
-        size = heard.stat().st_size if heard.exists() else 0
-        grew = size > sizes[-1] > 2000
-        sizes.append(size)
-        return grew
-
-    yield wait_until(streaming, timeout=20, interval=0.5, what="ffmpeg recording as frames come")
-    yield sleep(1.0)
+    play, heard = yield streaming_player(result["play_url"], tmp_path)
     hold_at = time.monotonic() * 1000
     reply = yield client.request("hold", {"call": result["call"]})
     assert reply["held"] is True

@@ -24,11 +24,11 @@ from tests.integration.test_media import (
     answered_call,
     decode_to_pcm,
     echo_phone,  # noqa: F401 (a fixture)
-    ffmpeg,
     flv_audio_times_ms,
     onset_ms,
     player,
     publisher,
+    streaming_player,
 )
 from tests.media.audio import dominant_frequency
 from tests.peers import require_binary
@@ -145,23 +145,7 @@ def test_hold_in_a_worker_keeps_the_player_fed(gateway, echo_phone, tmp_path):  
     echo_phone("uas_answer_hold_unhold.xml")
     client = yield WsClient.connect(gateway.ws_url)
     result = yield answered_call(gateway, client)
-    log = open(tmp_path / "ffmpeg.log", "wb")
-    heard = tmp_path / "held.flv"
-    play = ffmpeg(
-        ["-probesize", "32", "-analyzeduration", "100000", "-use_wallclock_as_timestamps", "1",
-         "-i", result["play_url"], "-t", "30", "-c", "copy", "-flush_packets", "1", "-y", str(heard)],
-        log,
-    )
-    sizes = [0]
-
-    def streaming() -> bool:
-        size = heard.stat().st_size if heard.exists() else 0
-        grew = size > sizes[-1] > 2000
-        sizes.append(size)
-        return grew
-
-    yield wait_until(streaming, timeout=20, interval=0.5, what="ffmpeg recording as frames come")
-    yield sleep(1.0)
+    play, heard = yield streaming_player(result["play_url"], tmp_path)
     reply = yield client.request("hold", {"call": result["call"]})
     assert reply["held"] is True
     yield sleep(3.0)
