@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import typing
 from dataclasses import dataclass, field
 from functools import cache
@@ -37,6 +38,7 @@ Seconds0 = Annotated[float, Field(ge=0)]  # 0 = off
 Port = Annotated[int, Field(ge=1, le=65535)]
 Transport = Literal["udp", "tcp", "tls"]
 AUDIO_CODECS = ("pcmu", "pcma", "g722", "opus")
+MAX_MEDIA_WORKERS = 256
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -58,6 +60,23 @@ def _aac_rate(rate: int) -> int:
 
 def _yaml_off(value: Any) -> Any:
     return "off" if value is False else value  # YAML 1.1 reads a bare off as false
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity mask; all of the machine's otherwise)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def _workers(value: Any) -> Any:
+    """``auto``: one media worker per core, resolved here so the rest of the code sees an int."""
+    if value == "auto":
+        return min(cores(), MAX_MEDIA_WORKERS)
+    if isinstance(value, str):
+        raise ValueError('a number of workers (0: media in the node process) or "auto"')
+    return value
 
 
 def _transports(items: list[str]) -> list[str]:
@@ -261,8 +280,10 @@ class MediaConfig(_Section):
     srtp_allow_insecure_signalling: bool = False
     # media worker processes (b2bua/media/workers.py): each owns the RTMP connections, RTP sockets
     # and codecs of the calls given to it, listens for RTMP on rtmp.listen's port + its index
-    # (0, 1, …) and binds RTP in its own slice of rtp_port_min–max; 0 = media in the node process
-    workers: Annotated[int, Field(ge=0, le=256)] = 0
+    # (0, 1, …) and binds RTP in its own slice of rtp_port_min–max; "auto" = one per core (the
+    # CPUs this process may use), resolved to an int when the section is built; 0 = media in the
+    # node process
+    workers: Annotated[int, BeforeValidator(_workers), Field(ge=0, le=MAX_MEDIA_WORKERS)] = "auto"  # type: ignore[assignment]
 
     def check(self) -> None:
         if self.rtp_port_min % 2 or self.rtp_port_max <= self.rtp_port_min:
@@ -271,7 +292,11 @@ class MediaConfig(_Section):
                 f"(RTP even, RTCP odd), got {self.rtp_port_min}-{self.rtp_port_max}"
             )
         if self.workers and (self.rtp_port_max - self.rtp_port_min + 1) // 2 < self.workers:
-            raise ConfigError("media.workers: more workers than RTP port pairs")
+            raise ConfigError(
+                f"media.workers: {self.workers} workers (auto: one per core) but only "
+                f"{(self.rtp_port_max - self.rtp_port_min + 1) // 2} RTP port pairs in "
+                f"media.rtp_port_min-rtp_port_max: widen the range or set media.workers"
+            )
         if self.uplink_buffer_max_ms < self.uplink_buffer_ms:
             raise ConfigError("media.uplink_buffer_max_ms: not below media.uplink_buffer_ms")
 

@@ -108,3 +108,70 @@ def test_files_of_a_disabled_feature_are_not_read(tmp_path):
     )
     with pytest.raises(ConfigError, match="auth.users_path: .*missing.yaml: cannot read"):
         make_node(load_config(path))
+
+
+def test_media_workers_default_to_one_per_core(tmp_path, monkeypatch):
+    """``auto`` (the default, and the shipped file's value) is resolved when the config is built:
+    the rest of the code sees the count of CPUs this process may run on."""
+    import os
+
+    from b2bua import config as config_module
+    from b2bua.config import Config, MediaConfig
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert Config().media.workers == 3 and MediaConfig(workers="auto").workers == 3
+    path = tmp_path / "c.yaml"
+    path.write_text("media:\n  workers: auto\n")
+    assert load_config(path).media.workers == 3
+    path.write_text("media: {}\n")
+    assert load_config(path).media.workers == 3
+    # without an affinity mask (macOS): the machine's CPUs
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    assert config_module.cores() == 5 and MediaConfig().workers == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert MediaConfig().workers == 1
+    # a number is taken as it is; 0: the media in the node process
+    for text, count in (("0", 0), ("2", 2), ("256", 256)):
+        path.write_text(f"media:\n  workers: {text}\n")
+        assert load_config(path).media.workers == count
+
+
+def test_shipped_config_asks_for_one_worker_per_core():
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "etc" / "mpb2bua.yaml"
+    assert "\n  workers: auto\n" in shipped.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("media:\n  workers: two\n",
+         'media.workers: a number of workers (0: media in the node process) or "auto"'),
+        ("media:\n  workers: -1\n", "media.workers: Input should be greater than or equal to 0"),
+        ("media:\n  workers: 257\n", "media.workers: Input should be less than or equal to 256"),
+        ("media:\n  workers: true\n", "media.workers: Input should be a valid integer"),
+        ("media:\n  workers: '2'\n", "media.workers"),
+        ("media:\n  workers: 3\n  rtp_port_min: 20000\n  rtp_port_max: 20003\n",
+         "media.workers: 3 workers (auto: one per core) but only 2 RTP port pairs"),
+        ("media:\n  workers: 2\nrtmp:\n  listen: unix:/tmp/rtmp.sock\n",
+         "media.workers: rtmp.listen must be tcp:PORT"),
+    ],
+)
+def test_wrong_media_workers_stop_the_start(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+
+
+def test_auto_workers_with_a_narrow_rtp_range_say_so(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    path = tmp_path / "c.yaml"
+    path.write_text("media:\n  rtp_port_min: 20000\n  rtp_port_max: 20005\n")
+    with pytest.raises(ConfigError, match=r"media.workers: 8 workers \(auto: one per core\) but only 3"):
+        load_config(path)

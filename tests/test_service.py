@@ -39,6 +39,7 @@ def test_make_node_tunes_gc_after_everything_else_started(restore_gc):
     config = Config()
     config.websocket.listen = config.rtmp.listen = config.http.listen = ""
     config.websocket.tls_listen = ""
+    config.media.workers = 0  # no RTMP listener: the media in the node
     top = make_node(config, Clock())
     children = list(top)
     assert isinstance(children[-1], GcTuningService)
@@ -51,6 +52,7 @@ def test_make_node_gives_the_trusted_proxy_hops_to_every_websocket_listener(rest
     config.websocket.listen = "tcp:0:interface=127.0.0.1"
     config.websocket.tls_listen = "tcp:0:interface=127.0.0.1"  # stands in for ssl: (not listened on)
     config.rtmp.listen = config.http.listen = ""
+    config.media.workers = 0  # no RTMP listener: the media in the node
     config.websocket.trusted_proxy_hops = hops
     top = make_node(config, Clock())
     factories = [c.factory for c in top if hasattr(c, "factory")]
