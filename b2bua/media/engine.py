@@ -9,6 +9,7 @@ coming and going, DTMF digits) goes to ``events`` — the Call in-process, an AM
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 from b2bua.media.bridge import AudioBridge
@@ -29,6 +30,23 @@ class LegEvents(Protocol):
     def dtmf_received(self, digit: str) -> None: ...
 
 
+def close_details(bridge: AudioBridge, leg: MediaLeg, rebuilt: dict[str, int]) -> dict[str, Any]:
+    """What a leg's close tells its node beyond the `hangup` event (``LegStats.extra``): the
+    bridge's internals the tests and logs judge by, the same whether the media ran in the node or
+    in a worker. Plain values: they cross AMP pickled."""
+    jitter = bridge.jitter
+    remote = leg.audio_rtp.remote
+    return {
+        "pipeline_builds": bridge.pipeline_builds,
+        "ptime": bridge.pipeline.ptime,  # what we sent at
+        "jitter_ptime_ms": jitter.ptime_ms,  # what we received at, as the jitter buffer learnt it
+        "jitter": dataclasses.asdict(jitter.stats),
+        "jitter_rebuilds": rebuilt["jitter"],
+        "decoder_rebuilds": rebuilt["decoder"],
+        "audio_remote": tuple(remote) if remote is not None else None,  # where RTP went at the end
+    }
+
+
 class LegEngine:
     """A leg's media: sockets, stream keys, bridge. ``close`` frees all of it."""
 
@@ -44,6 +62,7 @@ class LegEngine:
         self.audio_header: bytes | None = None  # the pusher's last AAC sequence header
         self.video_header: bytes | None = None
         self.stopped = False
+        self.rebuilt = {"jitter": 0, "decoder": 0}  # by a later negotiated media (a re-INVITE)
         streams.add(leg.push_key, "publish", self)
         self.players = streams.add(leg.play_key, "play", self).group
 
@@ -62,8 +81,12 @@ class LegEngine:
         unhold, refresh, new codec or address)."""
         if self.stopped:
             return
-        if self.bridge is not None:
-            self.bridge.apply(negotiated)
+        bridge = self.bridge
+        if bridge is not None:
+            jitter, decoder = bridge.jitter, bridge.decoder
+            bridge.apply(negotiated)
+            self.rebuilt["jitter"] += bridge.jitter is not jitter
+            self.rebuilt["decoder"] += bridge.decoder is not decoder
             return
         config = self.config
         self.bridge = AudioBridge(
@@ -92,8 +115,9 @@ class LegEngine:
         if bridge is None:
             return None
         self.clock.discard(bridge)
-        bridge.close()
-        return bridge.stats
+        stats = bridge.close()
+        stats.extra.update(close_details(bridge, self.leg, self.rebuilt))
+        return stats
 
     def close(self) -> LegStats | None:
         stats = self.stop()

@@ -118,7 +118,8 @@ class WorkerProtocol(amp.AMP):
 
     def connectionMade(self) -> None:  # noqa: N802
         super().connectionMade()
-        self._report.start(REPORT_INTERVAL, now=False)
+        # the first report at once: the node knows the worker is up (its RTMP port listening)
+        self._report.start(REPORT_INTERVAL, now=True)
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         super().connectionLost(reason)

@@ -171,6 +171,7 @@ class _NodeAmp(amp.AMP):
 
     @cmd.Report.responder
     def report(self, packets: dict, metrics: dict | None) -> dict:
+        self.worker.reported = True
         for leg, count in packets.items():
             handle = self.worker.legs.get(leg)
             if handle is not None:
@@ -200,6 +201,9 @@ class MediaWorker:
         self.legs: dict[str, RemoteLeg] = {}
         self.metrics: dict[str, Any] = {}
         self.spawns = 0
+        # the process has reported since its spawn: it runs, its RTMP port listens (``ready`` is
+        # earlier: commands sent before the process runs wait in the socketpair)
+        self.reported = False
 
     @property
     def ready(self) -> bool:
@@ -239,6 +243,7 @@ class MediaWorker:
         if self.amp is not None and self.amp.transport is not None:
             self.amp.transport.loseConnection()
         self.amp = None
+        self.reported = False
         legs, self.legs = self.legs, {}
         self.metrics = {}
         text = f"media worker {self.index} (pid {pid}) {_exit_text(reason.value)}"

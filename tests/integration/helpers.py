@@ -76,3 +76,19 @@ def start_twistd(config: str, log: str, *options: str, cwd: str | None = None):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def closed_media(gw) -> list:
+    """The :class:`~b2bua.media.stats.LegStats` of every leg closed at ``gw`` from now on, as the
+    node records them: the same with the media in the node or in a worker (which returns them at
+    close). ``extra`` holds the bridge's internals (b2bua/media/engine.py ``close_details``)."""
+    seen: list = []
+    manager = gw.node.calls
+    record = manager.record_media
+
+    def tap(stats) -> None:
+        seen.append(stats)
+        record(stats)
+
+    manager.record_media = tap
+    return seen

@@ -1,11 +1,12 @@
-"""Calls both ways through a real Kamailio, with sipp as the far-end phone."""
+"""Calls both ways through a real Kamailio, with sipp as the far-end phone. The signalling is the
+point here; the tests where media flows between the legs also run with two media workers."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
 
-from tests.integration.gateway import start_gateway
+from tests.integration.gateway import both_media_modes, start_gateway
 from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
 from tests.peers.wsclient import RpcError, WsClient
@@ -14,10 +15,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def gateway(kamailio):
+def gateway(kamailio, media_workers):
     require_binary("sipp")
+    workers = {} if media_workers is None else {"media__workers": media_workers}
     gw = start_gateway(
-        kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000, calls__ring_timeout=6.0
+        kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000, calls__ring_timeout=6.0,
+        **workers,
     )
     yield gw
     gw.stop()
@@ -95,6 +98,7 @@ def test_hangup_during_setup(gateway, far):
     assert no_leaks(gateway)
 
 
+@both_media_modes
 @pytest_twisted.inlineCallbacks
 def test_early_media_then_answer_then_remote_bye(gateway, far):
     phone = far("uas_early_media.xml", variables={"early_ms": "500"}, codec="PCMA")
@@ -272,6 +276,7 @@ def test_inbound_unanswered_rings_out_with_480(gateway, far):
     assert no_leaks(gateway)
 
 
+@both_media_modes
 @pytest_twisted.inlineCallbacks
 def test_user_to_user_call_through_the_pbx(gateway):
     alice = yield logged_in(gateway, "1000")
@@ -288,11 +293,14 @@ def test_user_to_user_call_through_the_pbx(gateway):
     # each side's play_url/push_url are distinct keys
     keys = {result["push_url"], result["play_url"], incoming["push_url"], incoming["play_url"]}
     assert len(keys) == 4
+    yield sleep(1.0)  # the two legs send each other RTP (with workers: from one worker to the other)
     yield bob.request("hangup", {"call": incoming["call"]})
     hangup_a = yield alice.wait_event("hangup")
     hangup_b = yield bob.wait_event("hangup")
     assert hangup_a["by"] == "remote" and hangup_b["by"] == "local"
     assert hangup_a["cause"] == hangup_b["cause"] == "NORMAL_CLEARING"
+    for hangup in (hangup_a, hangup_b):
+        assert hangup["media"]["rtp_received"] >= 30, hangup
     yield wait_until(lambda: no_leaks(gateway), timeout=5, what="both legs freed")
 
 

@@ -3,19 +3,26 @@ against sipp far ends through Kamailio.
 
 A PBX killed mid-call sends no BYE: the gateway must notice the silence, send its BYE (with the
 Reason FreeSWITCH itself would send) and tell the client `hangup` MEDIA_TIMEOUT. A call on hold,
-where no RTP is due, must not be ended by the same limit."""
+where no RTP is due, must not be ended by the same limit. Each test runs with the media in the
+node and in two worker processes (whose packet counts reach the watchdog once a second)."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
 
+from tests.integration.gateway import MEDIA_MODE_IDS, MEDIA_MODES
 from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
 
 pytestmark = pytest.mark.integration
 
 RTP_TIMEOUT = 2.0
+
+
+@pytest.fixture(params=MEDIA_MODES, ids=MEDIA_MODE_IDS)
+def media_workers(request) -> int:
+    return request.param
 
 
 @pytest.fixture
@@ -59,8 +66,7 @@ def test_far_end_killed_mid_call_is_hung_up_with_media_timeout(gateway, far):
     result = yield client.request("call", {"to": "1500"})
     yield client.wait_event("answered")
     call = gateway.node.calls.calls[result["call"]]
-    yield wait_until(lambda: call.bridge is not None and call.bridge.stats.rtp_received > 50,
-                     timeout=5, what="echoed RTP")
+    yield wait_until(lambda: call.media_packets() > 50, timeout=5, what="echoed RTP")
     yield sleep(RTP_TIMEOUT + 1)  # RTP flowing: longer than the timeout, the call stays
     assert hangups(client) == [] and call.state == "active"
     phone.kill()

@@ -1,7 +1,9 @@
 """Two gateway nodes behind the shipped Kamailio configuration (etc/kamailio/mpb2bua.cfg, run as
 is): Kamailio is the registrar of both nodes' users and spreads their calls over two PBX
 stand-ins (sipp on 127.0.0.2 and 127.0.0.3, dispatcher set 1). Calls *from* a PBX (a sipp
-on one of those addresses) are looked up and forked to every node holding the user."""
+on one of those addresses) are looked up and forked to every node holding the user. The tests
+that carry media, or stop a node under calls, run with the media in the nodes and in two worker
+processes per node."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
+from tests.integration.gateway import both_media_modes
 from tests.integration.helpers import exit_code, http_get, logged_in, no_leaks, sleep, wait_until
 from tests.integration.test_media import decode_to_pcm, ffmpeg
 from tests.media.audio import dominant_frequency, rms_windows
@@ -129,6 +132,7 @@ def tone_round_trip(tmp_path, push_url: str, play_url: str, seconds: float = 3.0
     return dominant_frequency(loud, 16000), float(np.sqrt(np.mean(loud**2)))
 
 
+@both_media_modes
 @pytest_twisted.inlineCallbacks
 def test_each_node_registers_its_users_and_an_inbound_call_reaches_only_its_node(cluster_factory, tmp_path):
     cluster = cluster_factory()
@@ -203,6 +207,7 @@ def test_a_user_on_both_nodes_rings_on_both_and_the_first_answer_wins(cluster_fa
     yield b.close()
 
 
+@both_media_modes
 @pytest_twisted.inlineCallbacks
 def test_a_stopped_node_unregisters_its_users_and_the_other_nodes_calls_go_on(cluster_factory):
     cluster = cluster_factory()

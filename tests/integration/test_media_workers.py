@@ -1,15 +1,14 @@
-"""The media in worker processes (``media.workers: 2``): the same media through the gateway,
-and a worker's death ending only its own calls.
+"""What only media workers do (``media.workers: 2``): each call placed on the least-loaded
+worker, its RTMP URLs naming that worker's port, and a worker's death ending only its own calls.
 
-What the in-process tests (test_media.py) read inside the bridge is in the worker here: these
-tests judge by what the peers receive (ffmpeg's recordings, sipp's messages) and the events.
+The media itself (audio in every codec, DTMF, video, hold, re-INVITEs) is proven in both modes by
+the parametrized tests (test_media.py and the others, ``workers0`` / ``workers2``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 import pytest
@@ -23,16 +22,12 @@ from tests.integration.test_media import (
     WAV_RATE,
     answered_call,
     decode_to_pcm,
-    echo_phone,  # noqa: F401 (a fixture)
-    flv_audio_times_ms,
     onset_ms,
     player,
     publisher,
-    streaming_player,
 )
 from tests.media.audio import dominant_frequency
 from tests.peers import require_binary
-from tests.peers.ports import free_port
 from tests.peers.sipp import Sipp
 from tests.peers.wsclient import WsClient
 
@@ -40,37 +35,11 @@ pytestmark = pytest.mark.integration
 WORKERS = 2
 
 
-def free_port_run(n: int) -> int:
-    """A TCP port p on 127.0.0.1 with p … p+n-1 all free (the workers' RTMP ports)."""
-    for _ in range(50):
-        port = free_port("tcp")
-        socks = []
-        try:
-            for p in range(port, port + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
-
-
 @pytest.fixture
 def gateway(kamailio):
     require_binary("ffmpeg")
     require_binary("sipp")
-    rtmp = free_port_run(WORKERS)
-    gw = start_gateway(
-        kamailio.host, kamailio.port, media__workers=WORKERS,
-        rtmp__listen=f"tcp:{rtmp}:interface=127.0.0.1", rtmp__public_url=f"rtmp://127.0.0.1:{rtmp}/mp",
-    )
-    pool = gw.node.media_workers
-    pytest_twisted.blockon(wait_until(lambda: all(w.ready for w in pool.workers), timeout=20,
-                                      what="media workers"))
+    gw = start_gateway(kamailio.host, kamailio.port, media__workers=WORKERS)  # returns once they run
     yield gw
     gw.stop()
 
@@ -99,69 +68,35 @@ def tone_round_trip(result, tmp_path, name="heard"):
     return dominant_frequency(tone, WAV_RATE)
 
 
-@pytest.mark.parametrize("codec", ["PCMU", "G722"])
 @pytest_twisted.inlineCallbacks
-def test_audio_round_trip_in_a_worker(gateway, kamailio, tmp_path, codec):
-    phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, codec=codec,
-                 timeout=60)
+def test_calls_go_to_the_least_loaded_worker_whose_port_their_urls_name(gateway, kamailio, tmp_path):
+    phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, timeout=60,
+                 calls=3)
     phone.start()
     try:
         client = yield WsClient.connect(gateway.ws_url)
-        result = yield answered_call(gateway, client)
-        assert worker_of(gateway, result["call"]).index in range(WORKERS)
-        # the URLs name the worker's own RTMP port
+        first = yield answered_call(gateway, client)
+        second = yield client.request("call", {"to": "1500"})
+        yield client.wait_event("answered")
+        workers = [worker_of(gateway, c["call"]) for c in (first, second)]
+        assert sorted(w.index for w in workers) == [0, 1]  # the second call to the idle worker
         port = int(gateway.config.rtmp.listen.split(":")[1])
-        assert f":{port + worker_of(gateway, result['call']).index}/mp/" in result["push_url"]
-        freq = yield tone_round_trip(result, tmp_path)
-        print(f"\n{codec} through a media worker: heard {freq:.1f} Hz")
-        assert abs(freq - 1000) <= 20, freq
-        yield client.request("hangup", {"call": result["call"]})
-        hangup = yield client.wait_event("hangup")
-        media = hangup["media"]  # the worker's statistics came back with the close
-        assert media["codec"].upper() == codec and media["rtp_sent"] > 200 and media["rtp_received"] > 200
+        for call, worker in zip((first, second), workers, strict=True):
+            for url in (call["push_url"], call["play_url"]):
+                assert url.startswith(f"rtmp://127.0.0.1:{port + worker.index}/mp/"), url
+        # the first call ends: its worker is the least loaded again
+        yield client.request("hangup", {"call": first["call"]})
+        yield client.wait_event("hangup")
+        third = yield client.request("call", {"to": "1500"})
+        yield client.wait_event("answered")
+        assert worker_of(gateway, third["call"]) is workers[0]
+        assert [len(w.legs) for w in gateway.node.media_workers.workers] == [1, 1]
+        for call in (second, third):
+            yield client.request("hangup", {"call": call["call"]})
+            yield client.wait_event("hangup")
         yield client.close()
     finally:
         phone.stop()
-
-
-@pytest_twisted.inlineCallbacks
-def test_dtmf_in_a_worker(gateway, echo_phone):  # noqa: F811
-    echo_phone()
-    client = yield WsClient.connect(gateway.ws_url)
-    result = yield answered_call(gateway, client)
-    reply = yield client.request("dtmf", {"call": result["call"], "digits": "19#"})
-    assert reply == {"via": "rfc4733"}
-    digits = []
-    for _ in range(3):
-        event = yield client.wait_event("dtmf", timeout=10)
-        digits.append(event["digits"])
-    assert "".join(digits) == "19#"
-    yield client.request("hangup", {"call": result["call"]})
-    yield client.wait_event("hangup")
-
-
-@pytest_twisted.inlineCallbacks
-def test_hold_in_a_worker_keeps_the_player_fed(gateway, echo_phone, tmp_path):  # noqa: F811
-    echo_phone("uas_answer_hold_unhold.xml")
-    client = yield WsClient.connect(gateway.ws_url)
-    result = yield answered_call(gateway, client)
-    play, heard = yield streaming_player(result["play_url"], tmp_path)
-    reply = yield client.request("hold", {"call": result["call"]})
-    assert reply["held"] is True
-    yield sleep(3.0)
-    reply = yield client.request("unhold", {"call": result["call"]})
-    assert reply["held"] is False
-    yield sleep(1.5)
-    play.send_signal(signal.SIGINT)
-    yield wait_until(lambda: play.poll() is not None, timeout=10, what="the player")
-    yield client.request("hangup", {"call": result["call"]})
-    yield client.wait_event("hangup")
-    frame_ms = 1024 * 1000 / 16000
-    times = flv_audio_times_ms(heard)
-    times = [t for t in times if t > times[0] + 20]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert times[-1] - times[0] >= 5000
-    assert max(gaps) <= frame_ms + 40, max(gaps)
 
 
 @pytest_twisted.inlineCallbacks

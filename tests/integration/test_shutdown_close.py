@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from b2bua.config import cores
 from tests.integration.helpers import http_get, start_twistd, wait_until
-from tests.peers.ports import free_port
+from tests.peers.ports import free_port, free_port_run
 from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,8 @@ PASSWORD = "Shut-7down-pw"
 @pytest_twisted.inlineCallbacks
 def test_sigterm_sends_close_1001_to_every_client(kamailio_factory, tmp_path):
     kamailio = kamailio_factory(password=PASSWORD)
-    ws, http, sip, rtmp = free_port("tcp"), free_port("tcp"), free_port("both"), free_port("tcp")
+    ws, http, sip = free_port("tcp"), free_port("tcp"), free_port("both")
+    rtmp = free_port_run(cores())  # media.workers unset: one worker per core, on rtmp + i
     config = tmp_path / "etc" / "mpb2bua.yaml"
     config.parent.mkdir()
     config.write_text(

@@ -3,14 +3,15 @@
 Late offer (INVITE or re-INVITE without SDP, answer in the ACK), CANCEL after 100 Trying,
 Timer C, what `answered`/`incoming` say about a refused video stream, and the X-FS-Support
 header FreeSWITCH looks for (checked on the wire by the scenarios: sipp fails a call whose
-message lacks it)."""
+message lacks it). The tests where media flows run with the media in the node and in two worker
+processes (``both_media_modes``)."""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
 
-from tests.integration.gateway import start_gateway
+from tests.integration.gateway import both_media_modes, start_gateway
 from tests.integration.helpers import exit_code, logged_in, no_leaks, sleep, wait_until
 from tests.peers import require_binary
 
@@ -18,14 +19,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def gateway(kamailio):
+def gateway(kamailio, media_workers):
     require_binary("sipp")
-    gw = start_gateway(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000)
+    workers = {} if media_workers is None else {"media__workers": media_workers}
+    gw = start_gateway(kamailio.host, kamailio.port, websocket__login_attempts_per_minute=100_000, **workers)
     yield gw
     gw.stop()
 
 
 # -- late offer ----------------------------------------------------------------------------------------------
+@both_media_modes
 @pytest_twisted.inlineCallbacks
 def test_inbound_late_offer_takes_the_answer_from_the_ack_and_media_flows(gateway, far):
     client = yield logged_in(gateway)
@@ -42,9 +45,7 @@ def test_inbound_late_offer_takes_the_answer_from_the_ack_and_media_flows(gatewa
     assert answered == {"call": incoming["call"], "codec": "PCMU"}
     call = gateway.node.calls.calls[incoming["call"]]
     # our RTP reaches the caller (at the address of the ACK's answer) and its echo comes back
-    yield wait_until(
-        lambda: call.bridge is not None and call.bridge.stats.rtp_received >= 10, timeout=5, what="echoed RTP"
-    )
+    yield wait_until(lambda: call.media_packets() >= 10, timeout=5, what="echoed RTP")
     hangup = yield client.wait_event("hangup", timeout=10)
     assert hangup["by"] == "remote" and hangup["cause"] == "NORMAL_CLEARING"
     assert hangup["media"]["rtp_sent"] > 0 and hangup["media"]["rtp_received"] > 0
@@ -66,6 +67,7 @@ def test_inbound_late_offer_with_an_ack_without_answer_is_hung_up(gateway, far):
     assert no_leaks(gateway)
 
 
+@both_media_modes
 @pytest_twisted.inlineCallbacks
 def test_reinvite_without_sdp_gets_our_offer_and_the_ack_answer_is_applied(gateway, far):
     phone = far("uas_answer_reinvite_no_sdp.xml", rtp_echo=True, variables={"hold_ms": "300"})
@@ -76,12 +78,12 @@ def test_reinvite_without_sdp_gets_our_offer_and_the_ack_answer_is_applied(gatew
     call = gateway.node.calls.calls[result["call"]]
     # the ACK answers our new offer with PCMA: the media follows it
     yield wait_until(lambda: call.media.codec_name == "PCMA", timeout=5, what="the ACK's answer applied")
-    assert call.bridge is not None and call.bridge.audio.codec == "PCMA"
-    received = call.bridge.stats.rtp_received
-    yield wait_until(lambda: call.bridge.stats.rtp_received > received + 10, timeout=5, what="RTP after it")
+    received = call.media_packets()
+    yield wait_until(lambda: call.media_packets() > received + 10, timeout=5, what="RTP after it")
     yield client.request("hangup", {"call": result["call"]})
     hangup = yield client.wait_event("hangup")
     assert hangup["cause"] == "NORMAL_CLEARING"
+    assert hangup["media"]["codec"] == "PCMA", hangup  # the bridge went over to it
     assert (yield exit_code(phone)) == 0, phone.explain()
     assert "REINVITE offer m=audio" in phone.logs_text()
 

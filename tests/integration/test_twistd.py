@@ -1,9 +1,11 @@
-"""The real entry point: ``twistd -n mpb2bua --config FILE`` as a separate process."""
+"""The real entry point: ``twistd -n mpb2bua --config FILE`` as a separate process, with the
+shipped configuration: its media in one worker process per core (``media.workers: auto``)."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +16,10 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
 
-from tests.integration.helpers import http_get, start_twistd, wait_until
-from tests.peers.ports import free_port
+from b2bua.config import cores
+from tests.integration.helpers import http_get, sleep, start_twistd, wait_until
+from tests.peers.ports import free_port, free_port_run
+from tests.peers.sipp import Sipp
 from tests.peers.wsclient import WsClient
 
 pytestmark = pytest.mark.integration
@@ -23,10 +27,21 @@ PASSWORD = "Zebra-7pw-Q"  # distinctive, to search the log for it
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+def rtmp_listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 @pytest_twisted.inlineCallbacks
-def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_path):
+def test_twistd_plugin_serves_login_health_metrics_and_media_in_workers(kamailio_factory, tmp_path):
     kamailio = kamailio_factory(password=PASSWORD)
     ws, http, sip = free_port("tcp"), free_port("tcp"), free_port("both")
+    workers = cores()  # the shipped media.workers: auto
+    assert workers >= 1
+    rtmp = free_port_run(workers)
     shipped = (ROOT / "etc" / "mpb2bua.yaml").read_text()
     config = tmp_path / "etc" / "mpb2bua.yaml"
     config.parent.mkdir()
@@ -41,13 +56,14 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
             "--http",
             f"tcp:{http}:interface=127.0.0.1",
             "--rtmp",
-            f"tcp:{free_port('tcp')}:interface=127.0.0.1",
+            f"tcp:{rtmp}:interface=127.0.0.1",
             "--sip-listen",
             f"127.0.0.1:{sip}",
             "--pbx",
             f"{kamailio.host}:{kamailio.port}",
         cwd=ROOT,
     )
+    phone = None
     try:
         health = f"http://127.0.0.1:{http}/healthz"
         status = yield wait_until(lambda: http_get(health)[0], timeout=20, what="twistd to serve /healthz")
@@ -74,6 +90,22 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
         # the media clock has not run (no call): no tick has lagged
         assert "mpb2bua_media_tick_lag_max_seconds 0" in text
         assert "mpb2bua_media_ticks_lagging_5ms 0" in text
+        # one media worker per core, each listening for RTMP on the port + its index
+        for i in range(workers):
+            assert f"media worker {i} started (pid " in log.read_text()
+            yield wait_until(lambda i=i: rtmp_listens(rtmp + i), timeout=30, what=f"worker {i}'s RTMP port")
+        # a call's media runs in a worker: RTP both ways with an echoing phone
+        phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", password=PASSWORD,
+                     rtp_echo=True, timeout=60)
+        phone.start()
+        call = yield client.request("call", {"to": "1500"})
+        yield client.wait_event("answered", timeout=15)
+        ports = [int(call[k].split("/")[2].rsplit(":", 1)[1]) for k in ("push_url", "play_url")]
+        assert ports[0] == ports[1] and ports[0] in range(rtmp, rtmp + workers), call
+        yield sleep(1.5)
+        yield client.request("hangup", {"call": call["call"]})
+        hangup = yield client.wait_event("hangup")
+        assert hangup["media"]["rtp_sent"] > 30 and hangup["media"]["rtp_received"] > 30, hangup
         # a graceful stop un-registers everyone before the process exits
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
@@ -85,6 +117,8 @@ def test_twistd_plugin_serves_login_health_and_metrics(kamailio_factory, tmp_pat
         assert PASSWORD not in text
         assert "response=" not in text
     finally:
+        if phone is not None:
+            phone.stop()
         if proc.poll() is None:
             proc.kill()
         proc.wait(5)

@@ -44,3 +44,25 @@ def free_port(kind: str = "both", host: str = HOST) -> int:
         finally:
             sock.close()
     raise RuntimeError(f"no free {kind} port found on {HOST}")
+
+
+def free_port_run(n: int, host: str = HOST) -> int:
+    """A TCP port p on 127.0.0.1 with p … p+n-1 all free (media workers listen for RTMP on
+    ``rtmp.listen``'s port + their index). Released before returning, like :func:`free_port`."""
+    if host != HOST:
+        raise ValueError("only 127.0.0.1 is supported")
+    for _ in range(50):
+        port = free_port("tcp")
+        if port + n > 65536:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for p in range(port, port + n):
+                socks.append(_bind(socket.SOCK_STREAM, p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no run of {n} free TCP ports found on {HOST}")
