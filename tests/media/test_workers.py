@@ -84,3 +84,37 @@ def test_each_worker_has_its_own_rtp_ports_and_rtmp_port():
     assert worker_rtmp_base(config, 1) == "rtmp://media.example.com:1936/mp"
     config.rtmp.public_url = "rtmp://gw.example.com/live"
     assert worker_rtmp_base(config, 3) == "rtmp://gw.example.com:1938/live"
+
+
+def test_a_worker_reports_at_once_and_the_node_marks_it_up():
+    """The first report goes out as the AMP connection is made (the worker runs, its RTMP port
+    listens): the node's ``reported`` is what the test harness waits for; a death clears it."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from b2bua.media.tick import MediaClock
+    from b2bua.media.worker import WorkerProtocol
+    from b2bua.media.workers import MediaWorker, WorkerPool, _NodeAmp
+    from b2bua.metrics import Registry
+    from b2bua.rtmp.server import RtmpMetrics
+    from b2bua.rtmp.streams import StreamRegistry
+
+    reactor = Clock()
+    proto = WorkerProtocol(reactor, Config(), None, StreamRegistry(reactor), MediaClock(reactor),
+                           RtmpMetrics(Registry()))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    sent = transport.value()
+    assert b"Report" in sent and b"late_ticks" in sent  # before any time passed
+    proto._report.stop()
+
+    config = Config()
+    config.media.workers = 1
+    pool = WorkerPool(reactor, config, "127.0.0.1")
+    (node_worker,) = pool.workers
+    assert isinstance(node_worker, MediaWorker) and not node_worker.reported
+    node = _NodeAmp(node_worker)  # the node's end of the socketpair
+    node.report(packets={}, metrics={"late_ticks": 0})
+    assert node_worker.reported
+    node_worker.ended(SimpleNamespace(value=SimpleNamespace(exitCode=1, signal=None)))
+    assert not node_worker.reported
