@@ -10,7 +10,7 @@ import json
 import re
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -324,6 +324,9 @@ class CallManager:
         self.controller = controller
         self.config = config
         self.calls: dict[str, Call] = {}
+        # calls of a session whose media legs are being allocated (a worker answers later): they
+        # count against calls.max_per_session like the calls that exist
+        self._allocating: Counter = Counter()
         media = config.media
         self.watchdog = RtpWatchdog(reactor, media.rtp_timeout, media.rtp_hold_timeout, self._media_timeout)
         self.sdp_host = sdp_host(config)
@@ -401,6 +404,17 @@ class CallManager:
     # -- bookkeeping ------------------------------------------------------------------------------------
     def _session_calls(self, session: Session) -> list[Call]:
         return [c for c in self.calls.values() if c.session is session]
+
+    def _session_busy(self, session: Session) -> int:
+        """The session's calls, those being set up included."""
+        return len(self._session_calls(session)) + self._allocating[id(session)]
+
+    def _allocated(self, sessions: list[Session], result: Any) -> Any:
+        for session in sessions:
+            self._allocating[id(session)] -= 1
+            if self._allocating[id(session)] <= 0:
+                del self._allocating[id(session)]
+        return result
 
     def forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
@@ -492,14 +506,15 @@ class CallManager:
         headers = _custom_headers(params.get("headers"))
         if session.registration is None or session.registration.state != "registered":
             raise RpcError("bad_state", detail="not registered")
-        if len(self._session_calls(session)) >= self.config.calls.max_per_session:
+        if self._session_busy(session) >= self.config.calls.max_per_session:
             raise RpcError("too_many_calls")
 
         def no_media(f):
             f.trap(NoPortsAvailable)
             raise RpcError("media_unavailable")
 
-        d = self._new_media(video).addCallbacks(
+        self._allocating[id(session)] += 1
+        d = self._new_media(video).addBoth(lambda r: self._allocated([session], r)).addCallbacks(
             lambda engine: self._place_call(session, to_uri, video, headers, engine, started), no_media
         )
         return d
@@ -545,16 +560,19 @@ class CallManager:
             txn.respond(make_response(request, 480, to_tag=secrets.token_hex(6)))
             return
         max_calls = self.config.calls.max_per_session
-        sessions = [s for s in sessions if len(self._session_calls(s)) < max_calls]
+        sessions = [s for s in sessions if self._session_busy(s) < max_calls]
         if not sessions:
             txn.respond(make_response(request, 486, to_tag=secrets.token_hex(6)))
             return
         offer = _sdp_body(request)
         video = offer is not None and b"m=video" in offer and b"m=video 0 " not in offer
         # the SDP answer names the RTP ports: the legs first (at once in-process; a worker answers)
+        for s in sessions:
+            self._allocating[id(s)] += 1
         allocations = [self._new_media(video) for _ in sessions]
         DeferredList(allocations, consumeErrors=True).addCallback(
-            lambda results: self._ring(reg, request, txn, sessions, offer, video, results)
+            lambda results: self._ring(reg, request, txn, sessions, offer, video,
+                                       self._allocated(sessions, results))
         ).addErrback(lambda f: log.failure("incoming INVITE", f))
 
     def _ring(self, reg: Registration, request: Request, txn: ServerTransaction, sessions: list[Session],
