@@ -304,6 +304,7 @@ def test_user_to_user_call_through_the_pbx(gateway):
     yield wait_until(lambda: no_leaks(gateway), timeout=5, what="both legs freed")
 
 
+@both_media_modes  # with workers the legs are allocated later: calls being set up count too
 @pytest_twisted.inlineCallbacks
 def test_second_inbound_call_while_busy_and_limit(gateway, far):
     client = yield logged_in(gateway)
