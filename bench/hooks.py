@@ -6,8 +6,10 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
 - uplink, per RTMP audio message: from the call of ``AudioBridge.publisher_audio`` (made from
   the RTMP protocol's ``dataReceived``, i.e. at the socket read, after the chunk parser) until
   the RTP packet carrying the message's *last* PCM sample has been written
-  (``AudioBridge.tick_up`` returned; the send is a synchronous ``sendto``). Samples are
-  counted through ``PcmFifo`` by its level before/after each call, FIFO trims included.
+  (``AudioBridge.tick_up`` returned; the send is a synchronous ``sendto``). The bridge queues
+  the raw AAC frames and decodes them when due (``AudioBridge._decode_until``): each frame
+  keeps its arrival time until it is decoded, then its samples are counted through
+  ``PcmFifo`` by its level before/after each call, FIFO trims included.
 - uplink_first, per RTMP audio message: the same, until the RTP packet carrying the message's
   *first* sample has been written. The difference to ``uplink`` is the message's own duration
   (23 ms for 1024 samples at 44.1 kHz), which is not latency the gateway adds. A message
@@ -18,11 +20,12 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
   ``datagramReceived``) until the FLV tag of the AAC frame holding the packet's last sample has
   been written to the player (``PlayerGroup.send_audio`` returned). The AAC encoder holds one
   frame of look-ahead (``AacEncoder.delay`` = 1024): output frame k covers input samples
-  [(k-1)·1024, k·1024).
+  [(k-1)·1024, k·1024), counted from the silence the bridge leads in with (``_aac_lead_in``,
+  the phase the media clock gave its frames).
 - downlink_first: per AAC frame, from the arrival of the RTP packet holding the frame's *first*
   sample to the frame's write: the worst sample of each frame (framing wait included).
 
-Hook points used: publisher_audio, tick_up, pcm_to_players (AudioBridge), _rtp_in and pull
+Hook points used: publisher_audio, _decode_until, tick_up, pcm_to_players (AudioBridge), _rtp_in and pull
 (RtpSession), PlayerGroup.send_audio. All exist as methods, so no gateway change is needed.
 With media workers the same hooks run inside each worker (bench/workerenv/sitecustomize.py).
 """
@@ -84,6 +87,8 @@ def _state(b) -> dict:
             "up_q": deque(),
             "up_first_q": deque(),
             "up_put": 0,
+            "up_arrivals": deque(),  # arrival time of each AAC frame still queued undecoded
+            "up_put_now": 0,  # samples decoded into the FIFO during the current tick_up
             "up_removed": 0,
             "arr": {},
             "arr_q": deque(),
@@ -98,23 +103,39 @@ def install() -> None:
     # since the RTP session and codec pipeline were split out of the bridge (issue 11 items 1-2):
     # RTP arrives in RtpSession._rtp_in, the downlink pulls a list of items per tick
     orig_pub, orig_up, orig_rtp_in = AB.publisher_audio, AB.tick_up, RtpSession._rtp_in
+    orig_decode = AB._decode_until
     orig_pcm, orig_pull, orig_send = AB.pcm_to_players, RtpSession.pull, PlayerGroup.send_audio
 
     def publisher_audio(self, timestamp_ms, payload):
         t = perf_counter()
         st = _state(self)
-        fifo = self.fifo
-        level0 = fifo.level()
         dropped0 = self.stats.uplink_dropped_ms
+        arrivals = st["up_arrivals"]
+        arrivals.append(t)  # a raw frame queued (if not, popped again below)
         orig_pub(self, timestamp_ms, payload)
+        # _decode_until took the arrival times of what it decoded; one left over means the tag
+        # was not queued (a header, or before the decoder)
+        while len(arrivals) > len(self._aac_pending):
+            arrivals.pop()
         dropped = round((self.stats.uplink_dropped_ms - dropped0) * self.pipeline.sample_rate / 1000)
-        put = fifo.level() - level0 + dropped
-        if put > 0:
-            st["up_first_q"].append((st["up_put"] + 1, t))  # its first sample's position
-            st["up_put"] += put
-            st["up_q"].append((st["up_put"], t))
         if dropped:
             _consume_up(st, dropped, None)
+
+    def _decode_until(self, need):
+        st = _state(self)
+        arrivals = st["up_arrivals"]
+        queued0, level0 = len(self._aac_pending), self.fifo.level()
+        orig_decode(self, need)
+        frames = queued0 - len(self._aac_pending)
+        put = self.fifo.level() - level0
+        st["up_put_now"] += put
+        times = [arrivals.popleft() for _ in range(min(frames, len(arrivals)))]
+        for i, t in enumerate(times):  # the samples shared among the frames decoded, in order
+            n = put * (i + 1) // len(times) - put * i // len(times)
+            if n > 0:
+                st["up_first_q"].append((st["up_put"] + 1, t))  # its first sample's position
+                st["up_put"] += n
+                st["up_q"].append((st["up_put"], t))
 
     def _consume_up(st, n, now):
         st["up_removed"] += n
@@ -130,12 +151,14 @@ def install() -> None:
                 uplink_first_ms.append((now - t_arr) * 1000)
 
     def tick_up(self, now_ms):
+        st = _state(self)
         fifo = self.fifo
         level0 = fifo.level()
+        st["up_put_now"] = 0
         orig_up(self, now_ms)
-        taken = level0 - fifo.level()
+        taken = level0 + st["up_put_now"] - fifo.level()
         if taken > 0:
-            _consume_up(_state(self), taken, perf_counter())
+            _consume_up(st, taken, perf_counter())
 
     def _rtp_in(self, data, addr):  # RtpSession's: its arrivals kept on the session
         t = perf_counter()
@@ -158,6 +181,9 @@ def install() -> None:
         item, _current["item"] = _current["item"], None
         arr = _state(self.session)["arr"]
         t_arr = arr.get(item.timestamp) if isinstance(item, Frame) else None
+        if self._audio_base_ms is None and self._aac_lead_in:  # the silence the bridge leads in with
+            in_rate = self.aac_encoder.in_rate
+            st["dl_in"] += self._aac_lead_in * in_rate // self.aac_rate * self.aac_rate // in_rate
         n = len(pcm) // 2 * self.aac_rate // self.pipeline.sample_rate
         st["dl_in"] += n
         st["dl_q"].append((st["dl_in"] - n, st["dl_in"], t_arr))
@@ -190,6 +216,7 @@ def install() -> None:
                 downlink_ms.append((now - t_arr) * 1000)
 
     AB.publisher_audio = publisher_audio
+    AB._decode_until = _decode_until
     AB.tick_up = tick_up
     RtpSession._rtp_in = _rtp_in
     AB.pcm_to_players = pcm_to_players

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,7 +37,7 @@ from b2bua.media.jitterbuffer import Frame
 from b2bua.media.pipeline import CodecPipeline, pipeline_key
 from b2bua.media.rtp_session import RtpSession
 from b2bua.media.stats import LegStats
-from b2bua.media.transcode import AacDecoder, AacEncoder, PcmFifo
+from b2bua.media.transcode import AAC_FRAME_SAMPLES, AacDecoder, AacEncoder, PcmFifo
 from b2bua.wire import flv, h264
 from b2bua.wire.dtmf import DtmfSender
 from b2bua.wire.rtp import RtpPacket
@@ -112,10 +113,13 @@ class AudioBridge:
         self.aac_rate = aac_rate
         self.aac_encoder = AacEncoder(aac_rate, 1, in_rate=self.pipeline.sample_rate)
         self._aac_header_sent = False
+        self._aac_lead_in = 0  # AAC-rate samples of silence before the first PCM: the frames' phase
         # uplink
         self.aac_decoder: AacDecoder | None = None
         self._asc: bytes | None = None
         self.fifo = PcmFifo()
+        self._aac_pending: deque[bytes] = deque()  # raw AAC frames received, decoded when due
+        self._reset_frame_samples()
         self._primed = False
         self._hold = 0  # silent packets left to rebuffer after an underrun
         self._ticks = 0  # the uplink's time base: TICK_MS per tick
@@ -139,6 +143,11 @@ class AudioBridge:
     def packets_in(self) -> int:
         """Datagrams from the far end so far: what the dead-call watchdog reads."""
         return self.session.packets_in
+
+    @property
+    def uplink_buffered_samples(self) -> int:
+        """The publisher's audio waiting to be sent: PCM in the FIFO and AAC frames not yet decoded."""
+        return self.fifo.level() + self._pending_samples()
 
     @property
     def jitter(self):
@@ -187,6 +196,7 @@ class AudioBridge:
             if self.pipeline.sample_rate != old.sample_rate:  # buffered PCM is at the old rate
                 self.aac_encoder.set_input_rate(self.pipeline.sample_rate)
                 self.fifo.clear()
+                self._reset_frame_samples()  # frames make another count of samples now
                 self._primed = False
         if (old_ptime, old_dtmf_clock) != (self.pipeline.ptime, audio.dtmf_clock_rate):
             if not self.dtmf_sender.busy:
@@ -216,25 +226,63 @@ class AudioBridge:
             return
         if tag.aac_packet_type == 0:
             if tag.data != self._asc:
+                self._decode_until(None)  # what came before the new header, with its decoder
                 self._asc = tag.data
                 self.aac_decoder = AacDecoder(tag.data)
+                self._reset_frame_samples()
             return
         if self.aac_decoder is None:
             return
-        frames = self.aac_decoder.decode(tag.data)
-        if not frames:
-            return
-        p = self.pipeline
-        pcm = p.resampler.resample(frames)
-        self.fifo.put(pcm)
-        self._delivered += len(pcm) // self.fifo.sample_bytes
+        # decoding waits until the audio is needed: what the next tick sends is decoded now
+        # (the tick's RTP then leaves without waiting for it), the rest a frame per tick in
+        # tick_prepare, so a burst of frames from many pushers never makes one long tick
+        self._aac_pending.append(tag.data)
+        self._delivered += self._frame_samples
+        self._decode_until(self._tick_samples())
         # the cap: a catching-up burst (after a stall, or a pusher clock faster than ours) is
         # dropped, oldest first, beyond the priming level for the largest burst plus one such
         # burst: far above the pusher's rhythm, whose jitter never hits it
-        rate = p.sample_rate
-        dropped = self.fifo.trim_to(int((self.uplink.target_ms + UPLINK_CAP_ABOVE_TARGET_MS) * rate // 1000))
-        if dropped:
-            self.stats.uplink_dropped_ms += dropped * 1000 / rate
+        rate = self.pipeline.sample_rate
+        cap = int((self.uplink.target_ms + UPLINK_CAP_ABOVE_TARGET_MS) * rate // 1000)
+        if self.uplink_buffered_samples > cap:
+            self._decode_until(None)
+            dropped = self.fifo.trim_to(cap)
+            if dropped:
+                self.stats.uplink_dropped_ms += dropped * 1000 / rate
+
+    def _reset_frame_samples(self) -> None:
+        """The PCM samples one AAC frame makes at the pipeline's rate: estimated from the rates
+        (AAC-LC: 1024 per frame) until frames are decoded, then their mean (HE-AAC makes more)."""
+        decoder = self.aac_decoder
+        rate = decoder.sample_rate if decoder is not None else 0
+        self._frame_samples = AAC_FRAME_SAMPLES * self.pipeline.sample_rate // rate if rate else 0
+        self._decoded = [0, 0]  # frames, samples
+
+    def _tick_samples(self) -> int:
+        """The PCM samples one tick's packets take: one packet, two of 10 ms."""
+        p = self.pipeline
+        return p.frame_samples * max(1, TICK_MS // p.ptime)
+
+    def _pending_samples(self) -> int:
+        """PCM samples (at the pipeline's rate) the queued AAC frames will make, about."""
+        return len(self._aac_pending) * self._frame_samples
+
+    def _decode_until(self, need: int | None) -> None:
+        """Decode queued AAC frames, oldest first, into the uplink FIFO until it holds ``need``
+        samples (``None``: all of them)."""
+        pending, decoder, fifo = self._aac_pending, self.aac_decoder, self.fifo
+        if decoder is None:
+            return
+        resampler, decoded = self.pipeline.resampler, self._decoded
+        while pending and (need is None or fifo.level() < need):
+            frames = decoder.decode(pending.popleft())
+            if frames:
+                pcm = resampler.resample(frames)
+                fifo.put(pcm)
+                decoded[0] += 1
+                if decoded[0] > 1:  # the first frame is short by the resampler's delay
+                    decoded[1] += len(pcm) // fifo.sample_bytes
+                    self._frame_samples = decoded[1] // (decoded[0] - 1)
 
     def _burst_ms(self) -> float:
         """The pusher's rhythm: its largest delivery between two ticks over the last 2-4 s (at
@@ -263,6 +311,11 @@ class AudioBridge:
 
     def _send_packet(self, now: float) -> None:
         audio, p, session = self.audio, self.pipeline, self.session
+        samples = p.frame_samples
+        level = self.fifo.level()
+        if level < samples and self._aac_pending:  # this packet needs what is still queued
+            self._decode_until(samples)
+            level = self.fifo.level()
         if audio.dtmf_payload_type is not None and self.dtmf_sender.busy:
             # RFC 4733 events run on the 8 kHz clock of telephone-event; audio advances the same span
             event = self.dtmf_sender.tick(session.sender.timestamp)
@@ -276,9 +329,8 @@ class AudioBridge:
                 )
                 self.fifo.take(p.frame_samples)
                 return
-        samples = p.frame_samples
         rate = p.sample_rate
-        level = self.fifo.level()
+        buffered = level + self._pending_samples()
         if self._primed and not self._hold and level < samples:
             # underrun: this is the FIFO's lowest point. Keep what is left and send silence for
             # as many packets as lift this lowest point to the raised target above a packet.
@@ -291,20 +343,22 @@ class AudioBridge:
                 self._hold -= 1
                 ready = False
             else:  # start (or new codec rate): prime to the target above the pusher's burst
-                ready = level > 0 and level * 1000 >= self.uplink.prime_level_ms(self._burst_ms()) * rate
+                prime_ms = self.uplink.prime_level_ms(self._burst_ms())
+                ready = buffered > 0 and buffered * 1000 >= prime_ms * rate
                 self._primed = ready
             if not ready:  # silence until the pusher's audio is buffered
                 session.send_audio(p.encoder.encode(p.silence), audio.payload_type, p.timestamp_step)
                 return
         pcm = self.fifo.take(samples)
         session.send_audio(p.encoder.encode(pcm), audio.payload_type, p.timestamp_step)
-        drop_ms = self.uplink.observe(now, (level - samples) * 1000 / rate)
+        drop_ms = self.uplink.observe(now, (buffered - samples) * 1000 / rate)
         if drop_ms:
             self._drop_quietest(int(drop_ms * rate // 1000))
 
     def _drop_quietest(self, n: int) -> None:
         """Give back ``n`` samples of delay where the buffered PCM is quietest (a pause between
         words rather than a syllable), in 1 ms steps."""
+        self._decode_until(None)
         level = self.fifo.level()
         if n <= 0 or n > level:
             return
@@ -324,6 +378,20 @@ class AudioBridge:
         del pcm[at : at + n]
         self.fifo.put(pcm.tobytes())
         self.stats.uplink_dropped_ms += n * 1000 / rate
+
+    def tick_prepare(self, now_ms: float) -> None:
+        """Every 20 ms, after every call's RTP and players' audio: decode enough of the
+        publisher's audio for the next tick's packets (the rest waits for later ticks)."""
+        if self._aac_pending and not self.closed:
+            self._decode_until(self._tick_samples())
+
+    def place(self, phase: float, first_tick: int) -> None:
+        """Where this leg's AAC frames fall among the media clock's ticks (MediaClock.add): its
+        first tick is ``first_tick``, and frames should end ``phase`` of a frame after those of
+        a leg whose frames end on tick 0's boundary. Done with a lead-in of silence (under one
+        frame) before the first PCM; what each sample waits for its frame is unchanged on average."""
+        per_tick = self.aac_rate * TICK_MS // 1000
+        self._aac_lead_in = int(phase * AAC_FRAME_SAMPLES + (first_tick - 1) * per_tick) % AAC_FRAME_SAMPLES
 
     # -- downlink: RTP → RTMP players ---------------------------------------------------------------------
     def tick_down(self, now_ms: float) -> None:
@@ -358,6 +426,9 @@ class AudioBridge:
             self.players.set_audio_header(flv.build_aac_sequence_header(self.aac_rate, 1))
         if self._audio_base_ms is None:
             self._audio_base_ms = self._elapsed_ms()
+            if self._aac_lead_in:
+                in_rate = self.aac_encoder.in_rate
+                pcm = bytes(2 * (self._aac_lead_in * in_rate // self.aac_rate)) + pcm
         for frame in self.aac_encoder.encode(pcm):
             ts = self._audio_base_ms + frame.pts * 1000 // self.aac_rate
             self.players.send_audio(ts, flv.build_aac_raw(frame.data))

@@ -24,10 +24,25 @@ LAG_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, float("inf"))
 BUSY_BUCKETS_MS = (2.0, 5.0, 10.0, 15.0, 20.0, float("inf"))
 
 
+# what every member does each tick, in this order, each phase for all members before the next
+PHASES = ("tick_up", "tick_down", "tick_prepare")
+# members that encode in frames longer than a tick (AAC: 1024 samples, 64 ms at 16 kHz) are
+# spread over this many phases of their frame, so their encodings do not all fall in one tick
+PHASE_SLOTS = 16
+
+
 class Ticking(Protocol):
     def tick_up(self, now_ms: float) -> None: ...  # cheap and time-critical: send this tick's RTP
 
     def tick_down(self, now_ms: float) -> None: ...  # the heavy part: decode, AAC-encode, RTMP out
+
+    def tick_prepare(self, now_ms: float) -> None: ...  # work for the next tick (publisher audio)
+
+
+class Phased(Protocol):
+    """A member that can start its framing at a given phase (optional, see :meth:`MediaClock.add`)."""
+
+    def place(self, phase: float, first_tick: int) -> None: ...
 
 
 class MediaClock:
@@ -37,7 +52,8 @@ class MediaClock:
         self.reactor = reactor
         self.timer = timer
         self.interval = interval
-        self.members: set[Ticking] = set()
+        self.members: dict[Ticking, int | None] = {}  # member → its phase slot (insertion order)
+        self.slot_counts = [0] * PHASE_SLOTS
         self.ticks = 0
         self.late_ticks = 0
         self.skipped_ticks = 0
@@ -52,18 +68,38 @@ class MediaClock:
         self._loop.clock = reactor
 
     def add(self, member: Ticking) -> None:
-        self.members.add(member)
+        """Tick ``member`` from the next tick on. A member with ``place(phase, first_tick)`` is
+        given the least-used phase slot (a fraction of its frame) and the index of its first
+        tick: calls that start together (a campaign, a node's restart) would otherwise encode
+        their AAC frames in the same ticks, one long tick in three and two short ones."""
+        if member in self.members:
+            return
+        slot = None
+        place = getattr(member, "place", None)
+        if place is not None:
+            counts = self.slot_counts
+            slot = counts.index(min(counts))
+            counts[slot] += 1
+            place(slot / PHASE_SLOTS, self.ticks + 1)
+        self.members[member] = slot
         if not self._loop.running:
             self._due = self.reactor.seconds() + self.interval
             self._loop.start(self.interval, now=False)
 
     def discard(self, member: Ticking) -> None:
-        self.members.discard(member)
+        self._forget(member)
         if not self.members and self._loop.running:
             self._loop.stop()
 
+    def _forget(self, member: Ticking) -> None:
+        if member in self.members:
+            slot = self.members.pop(member)
+            if slot is not None:
+                self.slot_counts[slot] -= 1
+
     def stop(self) -> None:
         self.members.clear()
+        self.slot_counts = [0] * PHASE_SLOTS
         if self._loop.running:
             self._loop.stop()
 
@@ -110,14 +146,16 @@ class MediaClock:
             self.ticks += 1
             at = now_ms - (count - 1 - i) * self.interval * 1000.0
             members = list(self.members)
-            # every call's RTP leaves first, so no packet waits for other calls' AAC encoding
-            for phase in ("tick_up", "tick_down"):
+            # every call's RTP leaves first, so no packet waits for other calls' AAC encoding;
+            # what can wait comes last, inside the tick, so the socket reads between two ticks
+            # stay short and the next tick starts on time
+            for phase in PHASES:
                 for member in members:
                     try:
                         getattr(member, phase)(at)
                     except Exception:
                         log.failure("media {phase} failed for {member!r}", phase=phase, member=member)
-                        self.members.discard(member)
+                        self._forget(member)
         busy_ms = (self.timer() - started) * 1000.0
         self._count(self.busy_counts, BUSY_BUCKETS_MS, busy_ms)
         if busy_ms > self.busy_max_ms:

@@ -20,6 +20,8 @@ at 16 kHz but its RTP clock is 8000 (RFC 3551 §4.5.2); :attr:`RtpAudioEncoder.c
 RTP timestamp rate and :attr:`~RtpAudioEncoder.sample_rate` the PCM rate.
 
 Nothing here does I/O or keeps time: callers drive the stages, the one media clock decides when.
+The AAC encoder takes PCM at its own rate or half of it (the usual G.711/G.722 into 16 kHz AAC)
+through numpy (:class:`Upsampler2`) instead of a filter graph per 20 ms chunk.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import NamedTuple
 
 import av
 import av.error
+import numpy as np
 
 try:  # G.711 is a table lookup per sample: the stdlib's C loop beats a PyAV frame per packet
     import warnings
@@ -389,6 +392,37 @@ class AacFrame(NamedTuple):
     data: bytes  # raw AAC, as the payload of an FLV AAC raw tag
 
 
+def _halfband_taps(half: int = 12, beta: float = 8.0) -> np.ndarray:
+    """The odd phase of a 2x interpolator: windowed sinc at the input's Nyquist, taps at the
+    half-sample points -half+0.5 … half-0.5, unit gain at DC."""
+    t = np.arange(-half, half) + 0.5
+    taps = np.sinc(t) * np.kaiser(2 * half, beta)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+class Upsampler2:
+    """s16 mono PCM → float32 at twice its rate, stream by stream (the state carries over).
+
+    Polyphase: even outputs are the input (delayed by ``half - 1`` samples), odd outputs a
+    24-tap windowed-sinc interpolation between them: -70 dB images, flat to 3.4 kHz from 8 kHz.
+    What FFmpeg's resampler does for this ratio, without a filter graph per 20 ms chunk.
+    """
+
+    HALF = 12
+    TAPS = _halfband_taps(HALF)
+
+    def __init__(self) -> None:
+        self._history = np.zeros(2 * self.HALF - 1, np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        ext = np.concatenate((self._history, x))
+        self._history = ext[len(x):]
+        out = np.empty(2 * len(x), np.float32)
+        out[0::2] = ext[self.HALF - 1 : self.HALF - 1 + len(x)]
+        out[1::2] = np.convolve(ext, self.TAPS, "valid")
+        return out
+
+
 class AacEncoder:
     """s16 mono PCM of any chunk size → whole raw AAC-LC frames of 1024 samples.
 
@@ -396,6 +430,10 @@ class AacEncoder:
     from construction. ``coder`` is FFmpeg's ``aac_coder``: ``fast`` costs a fraction of the
     default ``twoloop`` (DESIGN §4).
     The encoder holds back one frame (``delay`` samples) of look-ahead.
+    PCM at the AAC rate or at half of it (G.722 or G.711 into 16 kHz AAC, the default) is
+    converted and cut into frames here, with numpy; other rates go through FFmpeg's resampler
+    first. Either way the samples wait in one buffer, so a change of input rate keeps the
+    stream whole.
     """
 
     def __init__(
@@ -415,7 +453,9 @@ class AacEncoder:
         self._layout = "stereo" if channels == 2 else "mono"
         self._cutoff = self.in_rate // 2 if self.in_rate < sample_rate else 0
         self._ctx = self._open()
-        self._to_fltp = self._resampler()
+        self._time_base = self._ctx.time_base
+        self._pending = np.zeros(0, np.float32)  # samples at the AAC rate, less than a frame
+        self._convert = self._converter()
         self._in_pts = 0
         self._out_frames = 0
         self.delay = AAC_FRAME_SAMPLES
@@ -448,18 +488,29 @@ class AacEncoder:
         ctx.open()
         return ctx
 
-    def _resampler(self) -> av.AudioResampler:
-        # one pass does it all: s16 at the input rate → fltp at the AAC rate, cut in 1024-sample frames
-        return av.AudioResampler(
-            format="fltp", layout=self._layout, rate=self.sample_rate, frame_size=AAC_FRAME_SAMPLES
-        )
+    def _converter(self):
+        """s16 mono bytes at ``in_rate`` → float32 mono samples at the AAC rate."""
+        scale = np.float32(1 / 32768)
+        if self.in_rate == self.sample_rate:
+            return lambda pcm: np.frombuffer(pcm, "<i2").astype(np.float32) * scale
+        if 2 * self.in_rate == self.sample_rate:
+            up = Upsampler2()
+            return lambda pcm: up(np.frombuffer(pcm, "<i2").astype(np.float32) * scale)
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.sample_rate)
+        in_rate = self.in_rate
+
+        def convert(pcm: bytes) -> np.ndarray:
+            parts = [f.to_ndarray()[0] for f in resampler.resample(_s16_frame(pcm, in_rate))]
+            return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+        return convert
 
     def set_input_rate(self, rate: int) -> None:
         """The PCM given to :meth:`encode` changes rate (a new codec); the AAC stream goes on
         unbroken, with the bandwidth it started with (a new encoder would cost a frame of gap)."""
         if rate != self.in_rate:
             self.in_rate = rate
-            self._to_fltp = self._resampler()
+            self._convert = self._converter()
 
     @property
     def extradata(self) -> bytes:
@@ -468,11 +519,21 @@ class AacEncoder:
     def encode(self, pcm: bytes) -> list[AacFrame]:
         if not pcm:
             return []
+        samples = self._convert(pcm)
+        if len(self._pending):
+            samples = np.concatenate((self._pending, samples))
+        whole = len(samples) - len(samples) % AAC_FRAME_SAMPLES
+        self._pending = samples[whole:]
         out = []
-        for frame in self._to_fltp.resample(_s16_frame(pcm, self.in_rate)):
+        for start in range(0, whole, AAC_FRAME_SAMPLES):
+            chunk = samples[None, start : start + AAC_FRAME_SAMPLES]
+            if self.channels == 2:
+                chunk = np.concatenate((chunk, chunk))
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._layout)
+            frame.sample_rate = self.sample_rate
             frame.pts = self._in_pts
-            frame.time_base = self._ctx.time_base
-            self._in_pts += frame.samples
+            frame.time_base = self._time_base
+            self._in_pts += AAC_FRAME_SAMPLES
             for packet in self._ctx.encode(frame):
                 out.append(AacFrame(self._out_frames * AAC_FRAME_SAMPLES, bytes(packet)))
                 self._out_frames += 1

@@ -161,6 +161,7 @@ def test_a_smaller_uplink_buffer_starts_sooner_and_keeps_less():
         bridge = AudioBridge(FakeLeg(), negotiated(), Players(), lambda d: None, uplink_buffer_ms=floor)
         for i, tag in enumerate(pusher_tags(1.0)):  # a whole second at once: a stall catching up
             bridge.publisher_audio(i * 23, tag)
+        bridge.tick_prepare(23 * 44)  # the tick decodes what came; the cap applies there
         levels[floor] = bridge.fifo.level()
         # the cap: the priming level for the largest burst counted (60 ms) plus one such burst
         assert levels[floor] <= (floor + 60 + UPLINK_BURST_MAX_MS) * 8
@@ -179,9 +180,10 @@ def uplink_run(bridge, leg, deliveries, ticks, tick_phase=7.0, levels=None):
             t, tags = pending.pop(0)
             for tag in tags:
                 bridge.publisher_audio(int(t), tag)
-        if levels is not None:
-            levels.append(bridge.fifo.level() / 8)  # ms at 8 kHz, before the tick's take
+        if levels is not None:  # ms at 8 kHz, before the tick's take
+            levels.append(bridge.uplink_buffered_samples / 8)
         bridge.tick_up(now)
+        bridge.tick_prepare(now)
         if k % 50 == 49:
             per_second.append(bridge.stats.uplink_underruns)
     return per_second
@@ -389,3 +391,51 @@ def test_our_answer_keeps_the_offered_ptime():
     answer, _ = leg.answer_offer(offer.encode())
     assert b"a=ptime:30" in answer
     assert b"a=ptime:30" in leg.make_offer(hold=True)
+
+
+def test_a_socket_read_decodes_only_what_the_next_tick_sends():
+    """A pusher's burst (many pushers' bursts at once, in a worker) is decoded a frame per tick
+    inside the ticks: the socket read decodes only what the next tick's packet needs."""
+    bridge, leg, *_ = make()
+    tags = pusher_tags(1.0)
+    bridge.publisher_audio(0, tags[0])
+    decoder, decodes = bridge.aac_decoder, []
+    real = decoder.decode
+    decoder.decode = lambda data: decodes.append(data) or real(data)
+    for i, tag in enumerate(tags[1:6]):  # five frames in one write
+        bridge.publisher_audio(i * 23, tag)
+    assert len(decodes) == 1  # one frame is 185 samples at 8 kHz: the next tick's 160
+    # the other four are counted as buffered (the first is short by the resampler's delay)
+    assert 4 * 185 + 90 <= bridge.uplink_buffered_samples <= 5 * 186
+    for k in range(4):
+        bridge.tick_up(k * 20)
+        bridge.tick_prepare(k * 20)
+        assert len(decodes) == 2 + k  # one more frame per tick, as the FIFO drains
+    assert decodes == [flv.parse_audio(tag).data for tag in tags[1:6]]  # in order, none lost
+
+
+def test_calls_that_start_together_spread_their_aac_frames_over_the_ticks():
+    """32 calls set up in the same tick: each makes a 64 ms AAC frame every 3.2 ticks; placed by
+    the media clock they make them in different ticks, not 32 in one tick and none in the next two."""
+    from twisted.internet.task import Clock
+
+    from b2bua.media.tick import MediaClock
+
+    clock = Clock()
+    media = MediaClock(clock)
+    clock.advance(0.020 * 7)  # the clock's tick count is not where it starts
+    bridges = [make()[0] for _ in range(32)]
+    for bridge in bridges:
+        media.add(bridge)
+    per_tick = []
+    for _ in range(64):
+        before = sum(len(b.players.audio) for b in bridges)
+        clock.advance(0.020)
+        per_tick.append(sum(len(b.players.audio) for b in bridges) - before)
+    steady = per_tick[16:]  # past the encoder's look-ahead
+    assert sum(steady) == pytest.approx(32 * 48 * 320 / 1024, abs=32)
+    assert max(steady) <= 12, per_tick  # 10 per tick on average
+    # each player's stream is unbroken: one frame per 64 ms of timestamps
+    for bridge in bridges:
+        stamps = [ts for ts, _ in bridge.players.audio]
+        assert all(b - a == 64 for a, b in zip(stamps, stamps[1:], strict=False))

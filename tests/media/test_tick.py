@@ -19,15 +19,18 @@ class Member:
     def tick_down(self, now_ms):
         self.log.append(("down", self.name, now_ms))
 
+    def tick_prepare(self, now_ms):
+        self.log.append(("prepare", self.name, now_ms))
 
-def test_every_uplink_goes_before_any_downlink():
+
+def test_every_uplink_goes_before_any_downlink_and_preparing_comes_last():
     clock, log = Clock(), []
     media = MediaClock(clock)
     a, b = Member("a", log), Member("b", log)
     media.add(a)
     media.add(b)
     clock.advance(0.020)
-    assert [entry[0] for entry in log] == ["up", "up", "down", "down"]
+    assert [entry[0] for entry in log] == ["up", "up", "down", "down", "prepare", "prepare"]
     assert {entry[1] for entry in log[:2]} == {"a", "b"}
 
 
@@ -128,3 +131,35 @@ def test_every_tick_is_served_although_the_loop_count_rounds_down():
     ups = [t for kind, _, t in log if kind == "up"]
     assert len(ups) == 40
     assert {round(b - a, 6) for a, b in zip(ups, ups[1:], strict=False)} == {5.0}
+
+
+class Placed(Member):
+    def __init__(self, name, log):
+        super().__init__(name, log)
+        self.placed = None
+
+    def place(self, phase, first_tick):
+        self.placed = (phase, first_tick)
+
+
+def test_members_that_can_be_placed_get_the_least_used_phase_slots():
+    from b2bua.media.tick import PHASE_SLOTS
+
+    clock, log = Clock(), []
+    media = MediaClock(clock)
+    plain = Member("plain", log)  # a member without place() is ticked as before
+    media.add(plain)
+    clock.advance(0.020 * 3)
+    members = [Placed(str(i), log) for i in range(PHASE_SLOTS + 2)]
+    for m in members:
+        media.add(m)
+    phases = [m.placed[0] for m in members]
+    assert sorted(phases[:PHASE_SLOTS]) == [i / PHASE_SLOTS for i in range(PHASE_SLOTS)]
+    assert phases[PHASE_SLOTS:] == [0.0, 1 / PHASE_SLOTS]  # then the slots fill a second time
+    assert {m.placed[1] for m in members} == {media.ticks + 1}  # their first tick is the next one
+    media.discard(members[5])  # its slot is the least used again
+    newcomer = Placed("new", log)
+    media.add(newcomer)
+    assert newcomer.placed[0] == phases[5]
+    clock.advance(0.020)
+    assert ("up", "new", 4 * 20.0) in log and ("prepare", "plain", 4 * 20.0) in log

@@ -368,3 +368,39 @@ def test_empty_payload_does_not_end_the_stream(codec: str) -> None:
     step = encoder.samples_per_frame * 2
     pcm = b"".join(decoder.decode(encoder.encode(tone[i : i + step])) for i in range(0, len(tone), step))
     assert abs(dominant_frequency(pcm, decoder.sample_rate) - TONE) < 20
+
+
+def test_upsampler2_keeps_the_band_rejects_the_images_and_is_chunk_independent() -> None:
+    from b2bua.media.transcode import Upsampler2
+
+    rate = 8000
+    for freq in (300, 1000, 3000):
+        x = np.sin(2 * np.pi * freq * np.arange(rate) / rate).astype(np.float32) * 0.5
+        y = Upsampler2()(x)[200:]  # 16 kHz, past the filter's start
+        spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+        bins = np.fft.rfftfreq(len(y), 1 / (2 * rate))
+        wanted = spectrum[np.argmin(np.abs(bins - freq))]
+        image = spectrum[np.argmin(np.abs(bins - (rate - freq)))]  # where 2x zero-stuffing mirrors it
+        assert 20 * np.log10(image / wanted) < -60, freq
+        assert abs(np.sqrt(np.mean(y**2)) - 0.5 / np.sqrt(2)) < 0.01  # unit gain in the band
+    x = np.random.default_rng(7).normal(0, 0.1, 4000).astype(np.float32)
+    whole = Upsampler2()(x)
+    up, parts, pos = Upsampler2(), [], 0
+    for n in (160, 1, 333, 80, 1000, 2426):  # any chunking gives the same stream
+        parts.append(up(x[pos : pos + n]))
+        pos += n
+    assert np.allclose(np.concatenate(parts), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_rate", [8000, 16000])
+def test_aac_encoder_from_g711_and_g722_rates_has_no_gap_and_no_drift(in_rate: int) -> None:
+    aac = AacEncoder(16000, in_rate=in_rate)
+    tone = sine_pcm(TONE, 3.0, in_rate)
+    step = in_rate // 50 * 2  # 20 ms, as the media tick feeds it
+    frames = []
+    for start in range(0, len(tone), step):
+        frames += aac.encode(tone[start : start + step])
+    assert len(frames) == 3 * 16000 // AAC_FRAME_SAMPLES - 1  # all of it, less the look-ahead
+    pcm, rate = aac_decode_all(aac.extradata, [f.data for f in frames])
+    assert_tone(pcm, rate)
+    assert not find_gaps(samples(pcm)[AAC_FRAME_SAMPLES * 2 :], rate)
