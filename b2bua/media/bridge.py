@@ -357,8 +357,9 @@ class AudioBridge:
 
     def _drop_quietest(self, n: int) -> None:
         """Give back ``n`` samples of delay where the buffered PCM is quietest (a pause between
-        words rather than a syllable), in 1 ms steps."""
-        self._decode_until(None)
+        words rather than a syllable), in 1 ms steps, among the decoded PCM (decoding all that
+        is queued would cost one long tick when many calls give delay back together)."""
+        self._decode_until(n + self._tick_samples())
         level = self.fifo.level()
         if n <= 0 or n > level:
             return

@@ -1,4 +1,4 @@
-"""One media clock for the whole node: a single 20 ms LoopingCall drives every call's pacing.
+"""One media clock for the whole node (or media worker): one 20 ms timer drives every call's pacing.
 
 A timer per call would cost a reactor wake-up per call per packet; one tick that walks the
 live bridges is what lets a Python process carry hundreds of calls. When the reactor is late,
@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet import task
 from twisted.logger import Logger
 
 log = Logger()
@@ -64,8 +63,7 @@ class MediaClock:
         self.busy_counts = [0] * len(BUSY_BUCKETS_MS)
         self.busy_max_ms = 0.0
         self._due: float | None = None  # the grid point of the next tick, reactor seconds
-        self._loop = task.LoopingCall.withCount(self._run)
-        self._loop.clock = reactor
+        self._call = None  # the reactor's delayed call of the next tick
 
     def add(self, member: Ticking) -> None:
         """Tick ``member`` from the next tick on. A member with ``place(phase, first_tick)`` is
@@ -82,14 +80,39 @@ class MediaClock:
             counts[slot] += 1
             place(slot / PHASE_SLOTS, self.ticks + 1)
         self.members[member] = slot
-        if not self._loop.running:
+        if self._call is None:
             self._due = self.reactor.seconds() + self.interval
-            self._loop.start(self.interval, now=False)
+            self._schedule()
+
+    @property
+    def running(self) -> bool:
+        return self._call is not None
+
+    def _schedule(self) -> None:
+        """The next tick at its grid point, or on the reactor's next turn if that has passed
+        (a tick ran long): never at the grid point after it, which would serve two ticks late
+        at once, 40 ms apart, and could stay locked there (LoopingCall's way)."""
+        delay = max(0.0, self._due - self.reactor.seconds())
+        self._call = self.reactor.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        try:
+            self._run()
+        finally:
+            if self.members and self._call is None:
+                self._schedule()
+
+    def _halt(self) -> None:
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
 
     def discard(self, member: Ticking) -> None:
         self._forget(member)
-        if not self.members and self._loop.running:
-            self._loop.stop()
+        if not self.members:
+            self._halt()
 
     def _forget(self, member: Ticking) -> None:
         if member in self.members:
@@ -100,8 +123,7 @@ class MediaClock:
     def stop(self) -> None:
         self.members.clear()
         self.slot_counts = [0] * PHASE_SLOTS
-        if self._loop.running:
-            self._loop.stop()
+        self._halt()
 
     @staticmethod
     def _count(counts: list[int], buckets: tuple[float, ...], value: float) -> None:
@@ -121,19 +143,19 @@ class MediaClock:
         if lag_ms > self.lag_max_ms:
             self.lag_max_ms = lag_ms
 
-    def _ticks_due(self, now: float, loop_count: int) -> int:
-        """How many grid points are due by ``now``, from the clock's own grid: LoopingCall's count
-        comes from a float division and now and then loses one (seen with task.Clock at 5 ms),
-        which would cost every call 20 ms of RTP."""
+    def _ticks_due(self, now: float) -> int:
+        """How many grid points are due by ``now``, from the clock's own grid (a count from a
+        float division of the elapsed time now and then loses one: seen with task.Clock at 5 ms,
+        it would cost every call 20 ms of RTP)."""
         if self._due is None:
-            return loop_count
+            return 1
         return int((now - self._due) / self.interval + 1e-3) + 1
 
-    def _run(self, loop_count: int) -> None:
+    def _run(self) -> None:
         started = self.timer()
         now = self.reactor.seconds()
-        count = self._ticks_due(now, loop_count)
-        if count < 1:  # woken before the grid point (float rounding): the next call serves it
+        count = self._ticks_due(now)
+        if count < 1:  # woken before the grid point (float rounding): rescheduled for it
             return
         self._record_lag(now, count)  # the grid moves by every due point, skipped ones included
         if count > 1:

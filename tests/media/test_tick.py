@@ -163,3 +163,29 @@ def test_members_that_can_be_placed_get_the_least_used_phase_slots():
     assert newcomer.placed[0] == phases[5]
     clock.advance(0.020)
     assert ("up", "new", 4 * 20.0) in log and ("prepare", "plain", 4 * 20.0) in log
+
+
+def test_a_tick_that_overruns_once_is_followed_at_once_not_at_the_next_grid_point():
+    """A tick that runs past the next grid point (a burst of work: 23 ms of a 20 ms period) must be
+    followed as soon as it ends. Waiting for the grid point after that (as LoopingCall does) sends
+    two ticks' RTP together 40 ms later, and when two ticks' work exceeds 20 ms the clock stays
+    locked at one doubled tick every 40 ms although the core is idle between them."""
+    clock, log = Clock(), []
+
+    class Slow(Member):
+        overruns = 1
+
+        def tick_down(self, now_ms):
+            super().tick_down(now_ms)
+            if self.overruns:
+                self.overruns -= 1
+                clock.advance(0.023)  # this tick's work takes 23 ms of reactor time
+
+    media = MediaClock(clock)
+    media.add(Slow("a", log))
+    clock.advance(0.020)  # the first tick (grid 20 ms) runs until 43 ms; the reactor's next turn
+    ups = [t for kind, _, t in log if kind == "up"]
+    assert ups == [20.0, 43.0], ups  # 40 ms served at once, 3 ms late, not at 60 ms with a catch-up
+    clock.advance(0.017)  # 60 ms: back on the grid
+    assert [t for kind, _, t in log if kind == "up"][-1] == 60.0
+    assert media.late_ticks == 0
