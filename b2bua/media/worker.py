@@ -9,15 +9,17 @@ process boundary. It exits when the node's end closes.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import endpoints, task
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.protocols import amp
 
 from b2bua.media import worker_amp as cmd
@@ -180,15 +182,34 @@ class WorkerProtocol(amp.AMP):
         return {"stats": engine.close()}
 
 
+def log_line(event: dict) -> str:
+    """One log event as the line the node reads back (MediaWorker.log_line): JSON with the
+    level's name and the text, a failure's traceback included."""
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    level = event.get("log_level", LogLevel.info)
+    return json.dumps({"level": level.name, "text": text}) + "\n"
+
+
+def log_line_observer(out) -> Callable[[dict], None]:
+    def observe(event: dict) -> None:
+        out.write(log_line(event))
+        out.flush()
+
+    return observe
+
+
 def main(argv: list[str]) -> None:
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     from b2bua.service import tune_gc
 
     index, count = int(argv[1]), int(argv[2])
     config = pickle.load(sys.stdin.buffer)  # noqa: S301 (from the node that spawned us)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([log_line_observer(sys.stderr)], redirectStandardIO=False)
     media = config.media
     low, high = worker_port_range(media.rtp_port_min, media.rtp_port_max, index, count)
     pool = PortPool(reactor, media.rtp_host or config.sip.listen_host, low, high)

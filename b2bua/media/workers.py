@@ -10,6 +10,7 @@ end with ``MEDIA_WORKER_FAILED``) and is spawned again after :data:`RESTART_DELA
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pickle
 import signal
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.protocols import amp
 
 from b2bua.media import worker_amp as cmd
@@ -181,9 +182,28 @@ class _NodeAmp(amp.AMP):
         return {}
 
 
+MAX_LOG_LINE = 65536  # a worker's log line longer than this is cut (a runaway traceback)
+
+
 class _WorkerProcess(ProcessProtocol):
+    """The worker's process: its end, and its log (one JSON event per line on its stdout and
+    stderr, b2bua.media.worker.log_line) re-emitted in the node's log, so a node started with
+    ``twistd --logfile`` keeps its workers' lines in the same file."""
+
     def __init__(self, worker: MediaWorker) -> None:
         self.worker = worker
+        self._partial: dict[int, bytes] = {}
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        *lines, rest = (self._partial.pop(fd, b"") + data).split(b"\n")
+        if len(rest) > MAX_LOG_LINE:
+            lines.append(rest[:MAX_LOG_LINE])
+            rest = b""
+        if rest:
+            self._partial[fd] = rest
+        for line in lines:
+            if line.strip():
+                self.worker.log_line(line[:MAX_LOG_LINE])
 
     def processEnded(self, reason) -> None:  # noqa: N802
         self.worker.ended(reason)
@@ -225,7 +245,7 @@ class MediaWorker:
                 sys.executable,
                 [sys.executable, "-m", "b2bua.media.worker", str(self.index), str(pool.count)],
                 env=env,
-                childFDs={0: "w", 1: 1, 2: 2, AMP_FD: child_end.fileno()},
+                childFDs={0: "w", 1: "r", 2: "r", AMP_FD: child_end.fileno()},
             )
             pool.reactor.adoptStreamConnection(node_end.fileno(), socket.AF_UNIX,
                                                Factory.forProtocol(lambda: _NodeAmp(self)))
@@ -236,6 +256,16 @@ class MediaWorker:
         self.process.closeStdin()
         self.spawns += 1
         log.info("media worker {index} started (pid {pid})", index=self.index, pid=self.process.pid)
+
+    def log_line(self, line: bytes) -> None:
+        """One line the worker wrote: a JSON log event, or raw text (a crash before logging began)."""
+        try:
+            event = json.loads(line)
+            level = LogLevel.levelWithName(event["level"])
+            text = str(event["text"])
+        except (ValueError, KeyError, TypeError, InvalidLogLevelError):
+            level, text = LogLevel.error, line.decode("utf-8", "replace")
+        log.emit(level, "media worker {index}: {text}", index=self.index, text=text)
 
     def ended(self, reason) -> None:
         pid = self.pid

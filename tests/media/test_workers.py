@@ -118,3 +118,40 @@ def test_a_worker_reports_at_once_and_the_node_marks_it_up():
     assert node_worker.reported
     node_worker.ended(SimpleNamespace(value=SimpleNamespace(exitCode=1, signal=None)))
     assert not node_worker.reported
+
+
+def test_a_workers_log_lines_come_into_the_nodes_log():
+    """The worker writes one JSON event per line (worker.log_line); the node re-emits each at its
+    level with the worker's index, tracebacks included, whatever the pipe's chunking; raw text
+    (a crash before logging began) comes as an error; a runaway line is cut."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    from twisted.python.failure import Failure
+
+    from b2bua.media.worker import log_line
+    from b2bua.media.workers import MAX_LOG_LINE, MediaWorker, _WorkerProcess
+
+    worker = MediaWorker.__new__(MediaWorker)
+    worker.index = 1
+    proto = _WorkerProcess(worker)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        failure = Failure(ZeroDivisionError("division by zero"))
+        lines = (
+            log_line({"log_level": LogLevel.warn, "log_format": "tick {n} late", "n": 3})
+            + log_line({"log_level": LogLevel.critical, "log_format": "boom", "log_failure": failure})
+        ).encode()
+        for i in range(0, len(lines), 7):  # a pipe delivers any chunks
+            proto.childDataReceived(2, lines[i : i + 7])
+        proto.childDataReceived(1, b"Fatal Python error: Segmentation fault\n")
+        proto.childDataReceived(2, b"x" * (MAX_LOG_LINE + 10))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if e.get("index") == 1]
+    texts = [formatEvent(e) for e in mine]
+    levels = [e["log_level"] for e in mine]
+    assert levels == [LogLevel.warn, LogLevel.critical, LogLevel.error, LogLevel.error]
+    assert texts[0] == "media worker 1: tick 3 late"
+    assert texts[1].startswith("media worker 1: boom\n") and "ZeroDivisionError" in texts[1]
+    assert texts[2] == "media worker 1: Fatal Python error: Segmentation fault"
+    assert len(mine[3]["text"]) == MAX_LOG_LINE
