@@ -61,6 +61,17 @@ def test_file_values_are_validated(tmp_path):
         ("rtmp:\n  app: 'a/b'\n", "rtmp.app"),
         ("sip:\n  regsiter_expires: 60\n", "sip: unknown key(s) regsiter_expires"),
         ("media: 5\n", "media: expected a mapping"),
+        # media.workers: a number, or auto (one per core)
+        ("media:\n  workers: two\n",
+         'media.workers: a number of workers (0: media in the node process) or "auto"'),
+        ("media:\n  workers: -1\n", "media.workers: Input should be greater than or equal to 0"),
+        ("media:\n  workers: 257\n", "media.workers: Input should be less than or equal to 256"),
+        ("media:\n  workers: true\n", "media.workers: Input should be a valid integer"),
+        ("media:\n  workers: '2'\n", "media.workers"),
+        ("media:\n  workers: 3\n  rtp_port_min: 20000\n  rtp_port_max: 20003\n",
+         "media.workers: 3 workers (auto: one per core) but only 2 RTP port pairs"),
+        ("media:\n  workers: 2\nrtmp:\n  listen: unix:/tmp/rtmp.sock\n",
+         "media.workers: rtmp.listen must be tcp:PORT"),
     ],
 )
 def test_wrong_values_stop_the_start_naming_the_key(tmp_path, text, message):
@@ -142,29 +153,6 @@ def test_shipped_config_asks_for_one_worker_per_core():
 
     shipped = Path(__file__).resolve().parent.parent / "etc" / "mpb2bua.yaml"
     assert "\n  workers: auto\n" in shipped.read_text()
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("media:\n  workers: two\n",
-         'media.workers: a number of workers (0: media in the node process) or "auto"'),
-        ("media:\n  workers: -1\n", "media.workers: Input should be greater than or equal to 0"),
-        ("media:\n  workers: 257\n", "media.workers: Input should be less than or equal to 256"),
-        ("media:\n  workers: true\n", "media.workers: Input should be a valid integer"),
-        ("media:\n  workers: '2'\n", "media.workers"),
-        ("media:\n  workers: 3\n  rtp_port_min: 20000\n  rtp_port_max: 20003\n",
-         "media.workers: 3 workers (auto: one per core) but only 2 RTP port pairs"),
-        ("media:\n  workers: 2\nrtmp:\n  listen: unix:/tmp/rtmp.sock\n",
-         "media.workers: rtmp.listen must be tcp:PORT"),
-    ],
-)
-def test_wrong_media_workers_stop_the_start(tmp_path, text, message):
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert message in str(err.value)
 
 
 def test_auto_workers_with_a_narrow_rtp_range_say_so(tmp_path, monkeypatch):
