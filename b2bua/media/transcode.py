@@ -170,6 +170,9 @@ class AacDecoder:
             return []
 
 
+OWED_SLACK = 64  # samples: above FFmpeg's resampling delay (16 at the default filter size)
+
+
 class Resampler:
     """Any audio → s16 mono (or stereo) PCM bytes at ``rate``.
 
@@ -182,8 +185,23 @@ class Resampler:
         self.rate = rate
         self.in_rate = in_rate
         self.layout = layout
-        self._resampler: av.AudioResampler | None = None
+        self._graph: av.filter.Graph | None = None
         self._setup: tuple[str, str, int] | None = None
+        self._owed = 0.0  # output samples the input so far should have made, not yet pulled
+
+    def _build(self, fmt: str, layout: str, rate: int) -> av.filter.Graph:
+        """abuffer → aresample (FFmpeg's default filter) → aformat s16 → abuffersink: what
+        av.AudioResampler builds, driven directly (it costs a third less per frame here)."""
+        graph = av.filter.Graph()
+        src = graph.add_abuffer(format=fmt, sample_rate=rate, layout=layout, time_base=Fraction(1, rate))
+        resample = graph.add("aresample", str(self.rate))
+        convert = graph.add("aformat", f"sample_fmts=s16:channel_layouts={self.layout}")
+        sink = graph.add("abuffersink")
+        src.link_to(resample)
+        resample.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        return graph
 
     def resample(self, audio: bytes | av.AudioFrame | Iterable[av.AudioFrame]) -> bytes:
         if isinstance(audio, bytes | bytearray | memoryview):
@@ -201,9 +219,20 @@ class Resampler:
             setup = (frame.format.name, frame.layout.name, frame.sample_rate)
             if setup != self._setup:
                 self._setup = setup
-                self._resampler = av.AudioResampler(format="s16", layout=self.layout, rate=self.rate)
+                self._graph = self._build(*setup)
+                self._owed = 0.0
+            graph = self._graph
             frame.pts = None  # our PCM has no timeline; keeps the converter from padding gaps
-            for converted in self._resampler.resample(frame):
+            graph.push(frame)
+            self._owed += frame.samples * self.rate / frame.sample_rate
+            # a frame in makes one frame out, short by the filter's delay: pull again only while
+            # more than that is owed (a pull that finds nothing raises, and costs a third of a frame)
+            while self._owed > OWED_SLACK:
+                try:
+                    converted = graph.pull()
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    break
+                self._owed -= converted.samples
                 out.append(_frame_bytes(converted))
         return b"".join(out)
 
