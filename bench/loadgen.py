@@ -443,7 +443,7 @@ def run_media(args, tmp: Path) -> dict:
                 break
             yield sleep(0.1)
         log(f"media workers {proc_children(peers.gw_pid)} on cores {worker_cores}")
-    asc, frames = rtmpclient.encode_tone(10.0)
+    asc, frames = rtmpclient.encode_tone(10.0, signal=args.signal)
     users: list[User] = []
     result = {
         "kind": "media",
@@ -990,6 +990,8 @@ def main() -> None:
     m.add_argument("--window", type=float, default=20.0)
     m.add_argument("--warmup", type=float, default=4.0)
     m.add_argument("--burst", type=int, default=2, help="AAC frames per publisher write")
+    m.add_argument("--signal", choices=("tone", "speech"), default="tone",
+                   help="what the publishers send (and the far end echoes): a 1 kHz tone, or speech-like")
     m.add_argument("--budget", type=float, default=900.0, help="stop stepping after this many seconds")
     m.add_argument("--hooks", action="store_true")
     m.add_argument("--keep-going", action="store_true")
