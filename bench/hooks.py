@@ -25,8 +25,9 @@ Loaded by ``bench/gwrunner.py --hooks``. It follows samples through the two buff
 - downlink_first: per AAC frame, from the arrival of the RTP packet holding the frame's *first*
   sample to the frame's write: the worst sample of each frame (framing wait included).
 
-Hook points used: publisher_audio, _decode_until, tick_up, pcm_to_players (AudioBridge), _rtp_in and pull
-(RtpSession), PlayerGroup.send_audio. All exist as methods, so no gateway change is needed.
+Hook points used: publisher_audio, _decode_until, _drop_quietest, tick_up, pcm_to_players
+(AudioBridge), _rtp_in and pull (RtpSession), PlayerGroup.send_audio. All exist as methods,
+so no gateway change is needed.
 With media workers the same hooks run inside each worker (bench/workerenv/sitecustomize.py).
 """
 
@@ -103,7 +104,7 @@ def install() -> None:
     # since the RTP session and codec pipeline were split out of the bridge (issue 11 items 1-2):
     # RTP arrives in RtpSession._rtp_in, the downlink pulls a list of items per tick
     orig_pub, orig_up, orig_rtp_in = AB.publisher_audio, AB.tick_up, RtpSession._rtp_in
-    orig_decode = AB._decode_until
+    orig_decode, orig_drop = AB._decode_until, AB._drop_quietest
     orig_pcm, orig_pull, orig_send = AB.pcm_to_players, RtpSession.pull, PlayerGroup.send_audio
 
     def publisher_audio(self, timestamp_ms, payload):
@@ -136,6 +137,13 @@ def install() -> None:
                 st["up_first_q"].append((st["up_put"] + 1, t))  # its first sample's position
                 st["up_put"] += n
                 st["up_q"].append((st["up_put"], t))
+
+    def _drop_quietest(self, n):  # in tick_prepare: the samples given back are not sent
+        dropped0 = self.stats.uplink_dropped_ms
+        orig_drop(self, n)
+        dropped = round((self.stats.uplink_dropped_ms - dropped0) * self.pipeline.sample_rate / 1000)
+        if dropped:
+            _consume_up(_state(self), dropped, None)
 
     def _consume_up(st, n, now):
         st["up_removed"] += n
@@ -217,6 +225,7 @@ def install() -> None:
 
     AB.publisher_audio = publisher_audio
     AB._decode_until = _decode_until
+    AB._drop_quietest = _drop_quietest
     AB.tick_up = tick_up
     RtpSession._rtp_in = _rtp_in
     AB.pcm_to_players = pcm_to_players

@@ -120,6 +120,7 @@ class AudioBridge:
         self.fifo = PcmFifo()
         self._aac_pending: deque[bytes] = deque()  # raw AAC frames received, decoded when due
         self._reset_frame_samples()
+        self._drop_due = 0  # samples of delay to give back, at the next tick_prepare
         self._primed = False
         self._hold = 0  # silent packets left to rebuffer after an underrun
         self._ticks = 0  # the uplink's time base: TICK_MS per tick
@@ -196,6 +197,7 @@ class AudioBridge:
             if self.pipeline.sample_rate != old.sample_rate:  # buffered PCM is at the old rate
                 self.aac_encoder.set_input_rate(self.pipeline.sample_rate)
                 self.fifo.clear()
+                self._drop_due = 0
                 self._reset_frame_samples()  # frames make another count of samples now
                 self._primed = False
         if (old_ptime, old_dtmf_clock) != (self.pipeline.ptime, audio.dtmf_clock_rate):
@@ -352,8 +354,8 @@ class AudioBridge:
         pcm = self.fifo.take(samples)
         session.send_audio(p.encoder.encode(pcm), audio.payload_type, p.timestamp_step)
         drop_ms = self.uplink.observe(now, (buffered - samples) * 1000 / rate)
-        if drop_ms:
-            self._drop_quietest(int(drop_ms * rate // 1000))
+        if drop_ms:  # done in tick_prepare: the search would delay the other calls' RTP
+            self._drop_due += int(drop_ms * rate // 1000)
 
     def _drop_quietest(self, n: int) -> None:
         """Give back ``n`` samples of delay where the buffered PCM is quietest (a pause between
@@ -383,7 +385,12 @@ class AudioBridge:
     def tick_prepare(self, now_ms: float) -> None:
         """Every 20 ms, after every call's RTP and players' audio: decode enough of the
         publisher's audio for the next tick's packets (the rest waits for later ticks)."""
-        if self._aac_pending and not self.closed:
+        if self.closed:
+            return
+        if self._drop_due:
+            self._drop_quietest(self._drop_due)
+            self._drop_due = 0
+        if self._aac_pending:
             self._decode_until(self._tick_samples())
 
     def place(self, phase: float, first_tick: int) -> None:

@@ -439,3 +439,20 @@ def test_calls_that_start_together_spread_their_aac_frames_over_the_ticks():
     for bridge in bridges:
         stamps = [ts for ts, _ in bridge.players.audio]
         assert all(b - a == 64 for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_delay_is_given_back_after_the_rtp_not_in_the_send_phase():
+    """The search for the quietest place to cut runs in tick_prepare: in tick_up it would delay
+    the RTP of every call after this one (calls set up together give delay back together)."""
+    bridge, leg, *_ = make()
+    for i, tag in enumerate(pusher_tags(0.5)):
+        bridge.publisher_audio(i * 23, tag)
+    for k in range(3):
+        bridge.tick_up(k * 20)
+        bridge.tick_prepare(k * 20)
+    bridge.uplink.observe = lambda now, spare_ms: 10  # the adaptive target asks for 10 ms back
+    dropped = bridge.stats.uplink_dropped_ms
+    bridge.tick_up(60)
+    assert bridge.stats.uplink_dropped_ms == dropped
+    bridge.tick_prepare(60)
+    assert bridge.stats.uplink_dropped_ms == dropped + 10
