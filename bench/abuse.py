@@ -104,8 +104,8 @@ class Ws:
             n = struct.unpack(">Q", await self.reader.readexactly(8))[0]
         return b0 & 0x0F, await self.reader.readexactly(n)
 
-    async def result(self, rid: int, timeout: float = 10.0) -> dict:
-        """The answer to request ``rid`` (events and pings in between are skipped)."""
+    async def _next_text(self, wanted, timeout: float) -> dict:
+        """The first JSON text message for which ``wanted(msg)`` holds (others are skipped)."""
 
         async def wait() -> dict:
             while True:
@@ -114,25 +114,19 @@ class Ws:
                     raise ConnectionError(f"closed {payload[:2].hex()}")
                 if opcode == 1:
                     msg = json.loads(payload)
-                    if msg.get("id") == rid:
+                    if wanted(msg):
                         return msg
 
         return await asyncio.wait_for(wait(), timeout)
 
+    async def result(self, rid: int, timeout: float = 10.0) -> dict:
+        """The answer to request ``rid`` (events and pings in between are skipped)."""
+        return await self._next_text(lambda msg: msg.get("id") == rid, timeout)
+
     async def event(self, name: str, timeout: float = 10.0) -> dict:
         """The params of the next event ``name`` (answers and other events are skipped)."""
-
-        async def wait() -> dict:
-            while True:
-                opcode, payload = await self.frame()
-                if opcode == 8:
-                    raise ConnectionError(f"closed {payload[:2].hex()}")
-                if opcode == 1:
-                    msg = json.loads(payload)
-                    if msg.get("method") == name and "id" not in msg:
-                        return msg["params"]
-
-        return await asyncio.wait_for(wait(), timeout)
+        msg = await self._next_text(lambda m: m.get("method") == name and "id" not in m, timeout)
+        return msg["params"]
 
     async def close_code(self, timeout: float) -> int | str:
         """Read until the server closes: its close code, or 'tcp' for a close without a frame."""

@@ -38,12 +38,6 @@ class Ticking(Protocol):
     def tick_prepare(self, now_ms: float) -> None: ...  # work for the next tick (publisher audio)
 
 
-class Phased(Protocol):
-    """A member that can start its framing at a given phase (optional, see :meth:`MediaClock.add`)."""
-
-    def place(self, phase: float, first_tick: int) -> None: ...
-
-
 class MediaClock:
     def __init__(
         self, reactor, interval: float = PTIME, timer: Callable[[], float] = time.perf_counter
@@ -83,10 +77,6 @@ class MediaClock:
         if self._call is None:
             self._due = self.reactor.seconds() + self.interval
             self._schedule()
-
-    @property
-    def running(self) -> bool:
-        return self._call is not None
 
     def _schedule(self) -> None:
         """The next tick at its grid point, or on the reactor's next turn if that has passed

@@ -92,3 +92,16 @@ def closed_media(gw) -> list:
 
     manager.record_media = tap
     return seen
+
+
+def tone_wav(path, freq: int, seconds: float, *, encoding: str = "signed") -> None:
+    """A sine WAV at 8 kHz mono made by sox: 16-bit (``signed``) or G.711 μ-law (``u-law``)."""
+    import subprocess
+
+    bits = ["-b", "16"] if encoding == "signed" else ["-e", encoding]
+    subprocess.run(
+        ["sox", "-n", "-r", "8000", "-c", "1", *bits, str(path), "synth", str(seconds), "sine", str(freq),
+         "vol", "0.5"],
+        check=True,
+        timeout=30,
+    )

@@ -26,7 +26,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.integration.gateway import MEDIA_MODE_IDS, MEDIA_MODES, start_gateway
-from tests.integration.helpers import closed_media, sleep, wait_until
+from tests.integration.helpers import closed_media, sleep, tone_wav, wait_until
 from tests.media.audio import dominant_frequency, rms_windows
 from tests.peers import require_binary
 from tests.peers.sipp import SCENARIO_DIR, Sipp
@@ -469,27 +469,7 @@ def test_far_end_tone_plays_in_live_player(gateway, kamailio, tmp_path):
     """The other way: a phone calls the mini-program user and plays a tone (PCMU RTP from a WAV)."""
     require_binary("sox")
     tone = tmp_path / "tone.wav"
-    subprocess.run(
-        [
-            "sox",
-            "-n",
-            "-r",
-            "8000",
-            "-c",
-            "1",
-            "-e",
-            "u-law",
-            str(tone),
-            "synth",
-            "8",
-            "sine",
-            "1000",
-            "vol",
-            "0.5",
-        ],
-        check=True,
-        timeout=30,
-    )
+    tone_wav(tone, 1000, 8, encoding="u-law")
     scenario = (
         (SCENARIO_DIR / "uac_call.xml")
         .read_text()

@@ -68,16 +68,29 @@ def tone_round_trip(result, tmp_path, name="heard"):
     return dominant_frequency(tone, WAV_RATE)
 
 
-@pytest_twisted.inlineCallbacks
-def test_calls_go_to_the_least_loaded_worker_whose_port_their_urls_name(gateway, kamailio, tmp_path):
-    phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, timeout=60,
+def echo_phones(kamailio, tmp_path, timeout: int) -> Sipp:
+    """An echoing phone (user 1500) that takes up to three calls."""
+    phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, timeout=timeout,
                  calls=3)
     phone.start()
+    return phone
+
+
+@pytest_twisted.inlineCallbacks
+def two_calls(gateway):
+    """A client with two answered calls to the echoing phone: (client, first, second)."""
+    client = yield WsClient.connect(gateway.ws_url)
+    first = yield answered_call(gateway, client)
+    second = yield client.request("call", {"to": "1500"})
+    yield client.wait_event("answered")
+    return client, first, second
+
+
+@pytest_twisted.inlineCallbacks
+def test_calls_go_to_the_least_loaded_worker_whose_port_their_urls_name(gateway, kamailio, tmp_path):
+    phone = echo_phones(kamailio, tmp_path, timeout=60)
     try:
-        client = yield WsClient.connect(gateway.ws_url)
-        first = yield answered_call(gateway, client)
-        second = yield client.request("call", {"to": "1500"})
-        yield client.wait_event("answered")
+        client, first, second = yield two_calls(gateway)
         workers = [worker_of(gateway, c["call"]) for c in (first, second)]
         assert sorted(w.index for w in workers) == [0, 1]  # the second call to the idle worker
         port = int(gateway.config.rtmp.listen.split(":")[1])
@@ -101,14 +114,9 @@ def test_calls_go_to_the_least_loaded_worker_whose_port_their_urls_name(gateway,
 
 @pytest_twisted.inlineCallbacks
 def test_a_killed_worker_ends_only_its_calls_and_comes_back(gateway, kamailio, tmp_path):
-    phone = Sipp(tmp_path / "sipp", "uas_answer.xml", kamailio, user="1500", rtp_echo=True, timeout=90,
-                 calls=3)
-    phone.start()
+    phone = echo_phones(kamailio, tmp_path, timeout=90)
     try:
-        client = yield WsClient.connect(gateway.ws_url)
-        first = yield answered_call(gateway, client)
-        second = yield client.request("call", {"to": "1500"})
-        yield client.wait_event("answered")
+        client, first, second = yield two_calls(gateway)
         doomed, survivor = worker_of(gateway, first["call"]), worker_of(gateway, second["call"])
         assert doomed is not survivor  # the least-loaded worker took the second call
         pid = doomed.pid

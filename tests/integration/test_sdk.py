@@ -216,17 +216,24 @@ def test_sdk_remote_hangup(node_sdk, gateway, far, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_sdk_inbound_call_answered(node_sdk, gateway, far, tmp_path):
-    name = "inbound call is announced and answered"
+def inbound_case(node_sdk, name, gateway, far, tmp_path, scenario: str, hold_ms: int):
+    """Run the SDK case ``name``; once it is logged in, a far phone calls it with ``scenario``.
+    Both must pass, and the call must be freed."""
     proc = run_node_case(node_sdk, name, gateway, tmp_path)
     ready = tmp_path / "inbound.ready"
     yield wait_until(lambda: ready.exists() or proc.finished, timeout=60, what="the SDK to log in")
     assert ready.exists(), f"node ended before logging in:\n{proc.text}"
-    caller = far("uac_call.xml", register=False, variables={"callee": USER, "hold_ms": "800"})
+    caller = far(scenario, register=False, variables={"callee": USER, "hold_ms": str(hold_ms)})
     yield proc.ended
     check_passed(proc, name)
     assert (yield exit_code(caller)) == 0, caller.explain()
     yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sdk_inbound_call_answered(node_sdk, gateway, far, tmp_path):
+    yield inbound_case(node_sdk, "inbound call is announced and answered", gateway, far, tmp_path,
+                       "uac_call.xml", 800)
 
 
 @pytest_twisted.inlineCallbacks
@@ -245,13 +252,5 @@ def test_sdk_incoming_cancelled_while_socket_dead_ends_on_resume(node_sdk, gatew
     """The caller gives up while the SDK's socket is silently dead: the `hangup` event is lost
     with the socket, and the `resume` result (which no longer lists the call) ends it."""
     name = "an incoming call cancelled while the socket is silently dead ends on resume"
-    proc = run_node_case(node_sdk, name, gateway, tmp_path)
-    ready = tmp_path / "inbound.ready"
-    yield wait_until(lambda: ready.exists() or proc.finished, timeout=60, what="the SDK to log in")
-    assert ready.exists(), f"node ended before logging in:\n{proc.text}"
-    caller = far("uac_cancel.xml", register=False, variables={"callee": USER, "hold_ms": "2000"})
-    yield proc.ended
-    check_passed(proc, name)
-    assert (yield exit_code(caller)) == 0, caller.explain()
-    yield wait_until(lambda: no_leaks(gateway), timeout=5, what="call freed")
+    yield inbound_case(node_sdk, name, gateway, far, tmp_path, "uac_cancel.xml", 2000)
     yield wait_until(lambda: gateway.controller.sessions.count == 0, timeout=10, what="logged out")

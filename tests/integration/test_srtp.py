@@ -14,7 +14,6 @@ test runs with the media in the node and in two worker processes.
 from __future__ import annotations
 
 import socket
-import subprocess
 import wave
 
 import numpy as np
@@ -23,7 +22,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from tests.integration.gateway import MEDIA_MODE_IDS, MEDIA_MODES
-from tests.integration.helpers import http_get, sleep, wait_until
+from tests.integration.helpers import http_get, sleep, tone_wav, wait_until
 from tests.integration.test_media import decode_to_pcm, onset_ms, player, publisher, run_round_trip
 from tests.media.audio import dominant_frequency
 from tests.peers import require_binary
@@ -39,30 +38,6 @@ INSECURE = {"media__srtp_allow_insecure_signalling": True}
 @pytest.fixture(params=MEDIA_MODES, ids=MEDIA_MODE_IDS)
 def media_workers(request) -> int:
     return request.param
-
-
-def tone_wav(path, freq: int, seconds: float) -> None:
-    subprocess.run(
-        [
-            "sox",
-            "-n",
-            "-r",
-            "8000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            str(path),
-            "synth",
-            str(seconds),
-            "sine",
-            str(freq),
-            "vol",
-            "0.5",
-        ],
-        check=True,
-        timeout=30,
-    )
 
 
 def wav_pcm(path) -> tuple[np.ndarray, int]:
