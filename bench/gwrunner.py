@@ -716,7 +716,16 @@ def main() -> None:
             flush=True,
         )
 
-    reactor.callWhenRunning(lambda: reactor.callLater(0.3, announce))
+    def announce_when_ready(deadline: float) -> None:
+        # with media workers, RTMP listens in the workers: announce once each has reported (at
+        # most 20 s), so no probe connects before the port is open
+        pool = node.media_workers
+        if pool is None or all(w.reported for w in pool.workers) or reactor.seconds() > deadline:
+            announce()
+        else:
+            reactor.callLater(0.05, announce_when_ready, deadline)
+
+    reactor.callWhenRunning(lambda: reactor.callLater(0.3, announce_when_ready, reactor.seconds() + 20))
     reactor.run()
 
 
